@@ -1,0 +1,190 @@
+"""`Localizer`: one frame + one audio window in, one `TickResult` out. Pure: no threads, no devices.
+
+>>> import numpy as np
+>>> from streamloc import Localizer
+>>> from streamloc.models import create_model
+>>> loc = Localizer(create_model("noprior"))
+>>> frame = np.zeros((240, 320, 3), np.uint8)
+>>> audio = np.random.default_rng(0).standard_normal(3 * 22050).astype(np.float32) * 0.1
+>>> result = loc.localize(frame, audio, 22050)
+>>> result.frame_size
+(240, 320)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from streamloc.errors import InputError
+from streamloc.features import preprocess_images, resample, validate_audio
+from streamloc.models.base import GridObject, LocalizationModel, minmax
+from streamloc.types import SoundingObject, TickResult
+
+SHORT_AUDIO_POLICIES = ("error", "tile", "pad")
+
+
+class Localizer:
+    """Runs a localization model on (frame, audio window) pairs.
+
+    Args:
+        model: a `LocalizationModel` (from `create_model` or `load_checkpoint`).
+        device: torch device for the encoder pair ("cpu", "cuda", ...).
+        backend: an object with `__call__(images, spectrograms) -> tuple[Tensor, ...]`, or None for
+            eager PyTorch on `device`.
+        mask_threshold: threshold on the [0, 1] heatmap for objects without a claimed region.
+        silence_dbfs: audio windows whose RMS level is below this (dBFS) give no objects and the
+            flag "silent"; None disables the gate.
+        short_audio: what to do with fewer samples than the model's window: "error" (default),
+            "tile" (repeat the clip, as the official loaders do) or "pad" (zeros in front).
+    """
+
+    def __init__(self, model: LocalizationModel, *, device: str | torch.device = "cpu", backend=None,
+                 mask_threshold: float = 0.5, silence_dbfs: float | None = -60.0, short_audio: str = "error"):
+        if short_audio not in SHORT_AUDIO_POLICIES:
+            raise ValueError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if backend is None:
+            from streamloc.backends import EagerBackend
+
+            backend = EagerBackend(self.model, device=self.device)
+        self.backend = backend
+        self.frontend = self.model.make_frontend().to(self.device)
+        self.sample_rate = self.model.config.audio.sample_rate
+        self.window_samples = self.model.config.audio.num_samples
+        self.mask_threshold = mask_threshold
+        self.silence_dbfs = silence_dbfs
+        self.short_audio = short_audio
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs) -> "Localizer":
+        """A Localizer for the model stored in a streamloc checkpoint."""
+        from streamloc.models.checkpoint import load_checkpoint
+
+        return cls(load_checkpoint(path), **kwargs)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.model.config.audio.window_seconds
+
+    # -- input checks -------------------------------------------------------------------------
+    @staticmethod
+    def _check_frame(frame) -> np.ndarray:
+        if not isinstance(frame, np.ndarray):
+            raise InputError(f"frame must be a numpy array (H, W, 3) BGR uint8, got {type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            raise InputError(f"frame must be uint8 BGR (as OpenCV reads it), got dtype {frame.dtype}; "
+                             "convert with np.clip(x * 255, 0, 255).astype(np.uint8) for [0, 1] floats")
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] == 0 or frame.shape[1] == 0:
+            raise InputError(f"frame must have shape (H, W, 3), got {frame.shape}; convert grayscale "
+                             "with cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)")
+        return frame
+
+    def _window(self, audio, sample_rate) -> tuple[np.ndarray, float]:
+        audio = validate_audio(audio, sample_rate)
+        if int(sample_rate) != self.sample_rate:
+            audio = resample(audio, int(sample_rate), self.sample_rate)
+        n = self.window_samples
+        if audio.shape[0] < n:
+            if self.short_audio == "error" or audio.shape[0] == 0:
+                raise InputError(
+                    f"audio too short: {audio.shape[0] / self.sample_rate:.3f} s after resampling to "
+                    f"{self.sample_rate} Hz, the model needs {self.window_seconds:g} s ({n} samples); pass "
+                    "a longer window or Localizer(short_audio='tile' or 'pad')"
+                )
+            if self.short_audio == "tile":
+                audio = np.tile(audio, n // audio.shape[0] + 1)[:n]
+            else:
+                audio = np.concatenate([np.zeros(n - audio.shape[0], np.float32), audio])
+        audio = np.ascontiguousarray(audio[-n:], dtype=np.float32)
+        rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+        level = 20.0 * np.log10(max(rms, 1e-12))
+        return audio, level
+
+    # -- the tick -----------------------------------------------------------------------------
+    def localize(self, frame_bgr_uint8: np.ndarray, audio_float32: np.ndarray, sample_rate: int, *,
+                 time_ns: int | None = None, frame_index: int | None = None) -> TickResult:
+        """Localize the sounding objects of one frame given the audio window ending at it.
+
+        `audio_float32` holds at least the model's window (3 s) at `sample_rate` (any rate: it is
+        resampled with soxr); only its last window is used. Returns a TickResult with zero or more
+        objects.
+        """
+        return self.localize_batch([frame_bgr_uint8], [audio_float32], sample_rate,
+                                   time_ns=[time_ns], frame_index=[frame_index])[0]
+
+    def localize_batch(self, frames: Sequence[np.ndarray], audios: Sequence[np.ndarray], sample_rate: int, *,
+                       time_ns: Sequence[int | None] | None = None,
+                       frame_index: Sequence[int | None] | None = None) -> list[TickResult]:
+        """`localize` for several (frame, audio) pairs in one encoder call (e.g. several cameras)."""
+        if len(frames) != len(audios) or not frames:
+            raise InputError(f"need as many frames as audio windows (≥ 1), got {len(frames)} and {len(audios)}")
+        t0 = time.perf_counter_ns()
+        frames = [self._check_frame(f) for f in frames]
+        windows, levels = zip(*(self._window(a, sample_rate) for a in audios))
+        wave = torch.from_numpy(np.stack(windows)).to(self.device)
+        with torch.inference_mode():
+            specs = self.frontend(wave)
+        images = preprocess_images(list(frames), self.model.config.image, device=self.device)
+        t1 = time.perf_counter_ns()
+        outputs = self.backend(images, specs)
+        host = [o.detach().to("cpu").numpy() for o in outputs]  # the one host sync of the tick
+        t2 = time.perf_counter_ns()
+        results = []
+        for i, frame in enumerate(frames):
+            item = {name: host[k][i] for k, name in enumerate(self.model.output_names)}
+            sound_map, grid_objects = self.model.postprocess(item)
+            silent = self.silence_dbfs is not None and levels[i] < self.silence_dbfs
+            objects = [] if silent else self._to_frame(grid_objects, frame.shape[:2])
+            results.append(TickResult(
+                frame_size=(int(frame.shape[0]), int(frame.shape[1])),
+                sound_map=np.asarray(sound_map, np.float32),
+                objects=objects,
+                time_ns=None if time_ns is None else time_ns[i],
+                frame_index=None if frame_index is None else frame_index[i],
+                flags={"silent"} if silent else set(),
+            ))
+        t3 = time.perf_counter_ns()
+        timings = {"preprocess": (t1 - t0) / 1e6, "encoder": (t2 - t1) / 1e6,
+                   "postprocess": (t3 - t2) / 1e6, "total": (t3 - t0) / 1e6}
+        for r in results:
+            r.timings_ms.update(timings)
+        return results
+
+    def _to_frame(self, grid_objects: list[GridObject], size: tuple[int, int]) -> list[SoundingObject]:
+        h, w = size
+        out = []
+        for rank, g in enumerate(sorted(grid_objects, key=lambda o: -o.score)):
+            heat = cv2.resize(np.asarray(g.map, np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+            heat = minmax(heat)
+            if g.cells is not None:
+                cells = cv2.resize(np.asarray(g.cells, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+                mask = cells >= 0.5
+            else:
+                mask = heat >= self.mask_threshold
+            box, centroid = _box_and_centroid(mask, heat)
+            out.append(SoundingObject(id=rank, heatmap=heat, mask=mask, box=box, centroid=centroid,
+                                      score=float(g.score), vector=g.vector, cells=g.cells))
+        return out
+
+
+def _box_and_centroid(mask: np.ndarray, heat: np.ndarray):
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None, None
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    weights = np.where(mask, heat, np.float32(0.0))
+    total = float(weights.sum())
+    if total <= 0.0:
+        weights, total = mask.astype(np.float32), float(mask.sum())
+    cx = float(weights.sum(axis=0) @ np.arange(mask.shape[1], dtype=np.float32)) / total
+    cy = float(weights.sum(axis=1) @ np.arange(mask.shape[0], dtype=np.float32)) / total
+    return box, (cx, cy)

@@ -1,0 +1,104 @@
+"""EZ-VSL (Mo & Morgado, ECCV 2022): audio-visual similarity map + object-guided localization.
+
+Inference as the paper (Sec. 3.3, Eq. 9) and the official test script: the audio-visual map
+S_AVL = <img(p), aud> (cosine; the official code divides by tau, which min-max removes) and an
+audio-blind object prior S_OBJ = mean_c |f_obj(p)| from an untouched ImageNet network, blended as
+minmax(alpha * minmax(S_AVL) + (1 - alpha) * minmax(S_OBJ)) with alpha = 0.4. EZ-VSL is a
+single-source method: it reports one object per tick.
+
+Module names follow the official checkpoints (`imgnet`, `img_proj`, `audnet`, `aud_proj`), so an
+official state dict maps onto this model by stripping its `module.` prefix.
+
+>>> from streamloc.models import create_model
+>>> model = create_model("ezvsl", object_prior="none").eval()
+>>> images, specs = model.example_inputs()
+>>> avl, prior = model(images, specs)
+>>> tuple(avl.shape)
+(1, 7, 7)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamloc.models.base import GridObject, LocalizationModel, ModelConfig, minmax
+from streamloc.models.common import (
+    ObjectPrior,
+    build_visual,
+    freeze_,
+    global_max_pool,
+    init_official_,
+)
+from streamloc.models.encoders import ResNet18
+from streamloc.models.registry import register_model
+
+OBJECT_PRIORS = ("none", "efficientnet_lite0", "resnet18")
+
+
+@dataclass
+class EZVSLConfig(ModelConfig):
+    """EZ-VSL options (defaults: the paper's and the official scripts')."""
+
+    visual_backbone: str = "resnet18"
+    visual_weights: str | None = None  # torchvision resnet18 .pth for ImageNet init (not bundled)
+    dim: int = 512
+    tau: float = 0.03
+    object_prior: str = "efficientnet_lite0"
+    object_prior_weights: str | None = None  # only for object_prior="resnet18"
+    alpha: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.object_prior not in OBJECT_PRIORS:
+            raise ValueError(f"object_prior must be one of {OBJECT_PRIORS}, got {self.object_prior!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+@register_model
+class EZVSL(LocalizationModel):
+    method = "ezvsl"
+    config_class = EZVSLConfig
+    output_names = ("avl", "prior")
+
+    def __init__(self, config: EZVSLConfig):
+        super().__init__(config)
+        self.imgnet, channels = build_visual(config.visual_backbone, config.visual_weights)
+        self.img_proj = nn.Conv2d(channels, config.dim, kernel_size=1)
+        self.audnet = ResNet18(in_channels=1)
+        self.aud_proj = nn.Linear(512, config.dim)
+        init_official_(self.audnet, self.img_proj, self.aud_proj)
+        self.objnet = None
+        if config.object_prior != "none":
+            self.objnet = freeze_(ObjectPrior(config.object_prior, config.object_prior_weights))
+
+    def external_prefixes(self) -> tuple[str, ...]:
+        return ("objnet.",) if self.config.object_prior == "efficientnet_lite0" else ()
+
+    def embed(self, images: torch.Tensor, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised visual map (B, dim, h, w) and audio vector (B, dim), as trained."""
+        img = F.normalize(self.img_proj(self.imgnet(images)), dim=1)
+        aud = F.normalize(self.aud_proj(global_max_pool(self.audnet(spectrograms))), dim=1)
+        return img, aud
+
+    def forward(self, images: torch.Tensor, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img, aud = self.embed(images, spectrograms)
+        avl = torch.einsum("bchw,bc->bhw", img, aud)
+        if self.objnet is None:
+            prior = torch.zeros_like(avl)
+        else:
+            prior = self.objnet(images, size=tuple(avl.shape[-2:]))
+        return avl, prior
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[GridObject]]:
+        avl = outputs["avl"]
+        if self.objnet is None:
+            blended = minmax(avl)
+        else:
+            a = self.config.alpha
+            blended = minmax(a * minmax(avl) + (1.0 - a) * minmax(outputs["prior"]))
+        return avl, [GridObject(map=blended, score=float(avl.max()))]
