@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def _tensor_digest(state: dict[str, torch.Tensor]) -> str:
         t = state[name].detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -196,9 +197,13 @@ def load_foreign_state_dict(path: str | os.PathLike, *, trust_pickle: bool = Fal
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None and "safe_globals" not in str(exc):
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt pickle data)") from None
         if not trust_pickle:
+            what = f"e.g. {found.group(1)}" if found else "non-tensor objects"
             raise CheckpointError(
-                f"{path} stores Python objects that can only be read by unsafe unpickling ({_first_line(exc)}). "
+                f"{path} stores Python objects ({what}) that can only be read by unsafe unpickling. "
                 "If you trust its origin, pass --trust-pickle (trust_pickle=True)."
             ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
