@@ -102,3 +102,18 @@ class EZVSL(LocalizationModel):
             a = self.config.alpha
             blended = minmax(a * minmax(avl) + (1.0 - a) * minmax(outputs["prior"]))
         return avl, [GridObject(map=blended, score=float(avl.max()))]
+
+
+def from_official(obj, **_) -> tuple[dict, dict, dict]:
+    """Official EZ-VSL checkpoint (`{'model': state_dict, 'optimizer', 'epoch', ...}`, keys
+    `module.`-prefixed under DDP; reference §1.6) → (config, state dict, notes)."""
+    from streamloc.models.convert import unwrap_state_dict
+
+    state = unwrap_state_dict(obj, containers=("model", "state_dict"))
+    dim = int(state["img_proj.weight"].shape[0]) if "img_proj.weight" in state else 512
+    notes = {"notes": [
+        "object prior: the official test script uses a separate untouched ImageNet ResNet-18, whose "
+        "weights are not bundled; the converted model uses the EfficientNet-Lite0 ImageNet prior "
+        "(pass config={'object_prior': 'resnet18', 'object_prior_weights': PATH} to match exactly)",
+    ], "dropped": []}
+    return {"dim": dim}, state, notes

@@ -121,3 +121,21 @@ class NoPrior(LocalizationModel):
             for g in groups
         ]
         return outputs["sound_map"], objects
+
+
+def from_official(obj, **_) -> tuple[dict, dict, dict]:
+    """Official NoPrior checkpoint → (config, state dict, notes).
+
+    Accepts the Lightning `.ckpt` (`state_dict` with `model.` prefixes; its `hyper_parameters`
+    Namespace needs `--trust-pickle`) and the `.pth` with a `model` key (reference §5.7). The
+    optical-flow branch (`flownet.*`, `flowatt.*`) is dropped: this model has no flow input.
+    """
+    from streamloc.models.convert import unwrap_state_dict
+
+    state = unwrap_state_dict(obj, containers=("state_dict", "model"), prefixes=("module.", "model."))
+    dropped = sorted(k for k in state if k.startswith(("flownet.", "flowatt.")))
+    state = {k: v for k, v in state.items() if k not in set(dropped)}
+    notes = {"dropped": dropped, "notes": []}
+    if dropped:
+        notes["notes"].append("optical-flow attention dropped: maps differ from the official flow model")
+    return {"audio": {"sample_rate": 22050}}, state, notes
