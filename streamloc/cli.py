@@ -32,6 +32,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from streamloc.models.convert import convert_checkpoint
+
+    report = convert_checkpoint(args.method, args.src, args.dst, trust_pickle=args.trust_pickle)
+    print(f"converted {report['tensors']} tensors from {args.src} -> {args.dst}")
+    for name in report.get("dropped", []):
+        print(f"  dropped {name}")
+    for note in report.get("notes", []):
+        print(f"  note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import streamloc
 
@@ -40,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, devices and the available models")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="convert an official checkpoint to a streamloc .safetensors")
+    p.add_argument("--from", dest="method", required=True, choices=["ezvsl", "avgn", "noprior", "mixloc", "dsol"])
+    p.add_argument("src", help="official checkpoint (.pth / .ckpt / .pth.tar)")
+    p.add_argument("dst", help="output .safetensors")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow full unpickling (runs code from the file: only for files you trust)")
+    p.set_defaults(func=_cmd_convert)
     return parser
 
 
