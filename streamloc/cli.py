@@ -35,7 +35,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from streamloc.models.convert import convert_checkpoint
 
-    report = convert_checkpoint(args.method, args.src, args.dst, trust_pickle=args.trust_pickle)
+    extra = {"dictionary": args.dictionary} if args.dictionary else {}
+    report = convert_checkpoint(args.method, args.src, args.dst, trust_pickle=args.trust_pickle, **extra)
     print(f"converted {report['tensors']} tensors from {args.src} -> {args.dst}")
     for name in report.get("dropped", []):
         print(f"  dropped {name}")
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output .safetensors")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling (runs code from the file: only for files you trust)")
+    p.add_argument("--dictionary", help="DSOL stage two: the object dictionary .npy (K x 512)")
     p.set_defaults(func=_cmd_convert)
     return parser
 
