@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, devices and the available models")
     p.set_defaults(func=_cmd_info)
 
+    sub.add_parser("eval", help="evaluate predicted maps with the official protocols (see `streamloc eval -h`)",
+                   add_help=False)
+
     p = sub.add_parser("convert", help="convert an official checkpoint to a streamloc .safetensors")
     p.add_argument("--from", dest="method", required=True, choices=["ezvsl", "avgn", "noprior", "mixloc", "dsol"])
     p.add_argument("src", help="official checkpoint (.pth / .ckpt / .pth.tar)")
@@ -66,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # the evaluator has its own parser (training extra)
+        try:
+            from training.evaluate import main as evaluate_main
+        except ImportError as exc:
+            print(f"streamloc: error: `streamloc eval` needs the training extra ({exc}); "
+                  "pip install 'streamloc[train]'", file=sys.stderr)
+            return 2
+        return evaluate_main(argv[1:], prog="streamloc eval")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -50,6 +50,13 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _merge(base: dict, override: dict) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class Distributed:
     """Rank/world info and the collective ops the loop needs (no-ops in a single process)."""
 
@@ -122,6 +129,12 @@ def train(args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
 
     model_options = _parse_options(args.model_option)
+    if args.data == "synthetic-smoke" and not args.resume:
+        from training.methods.base import _REGISTRY, _load
+
+        _load()
+        if args.method in _REGISTRY:
+            model_options = _merge(_REGISTRY[args.method].smoke_model_options, model_options)
     hparams = _parse_options(args.hparam)
     if args.lr is not None:
         hparams["lr"] = args.lr

@@ -39,6 +39,9 @@ class TrainingMethod:
     name: ClassVar[str]
     model_name: ClassVar[str]
     hparams_class: ClassVar[type[Hyperparameters]] = Hyperparameters
+    # Model options for `--data synthetic-smoke` runs: small enough to train on a laptop CPU in
+    # well under a minute (the user's own --model-option values take precedence).
+    smoke_model_options: ClassVar[dict[str, Any]] = {"image": {"size": [64, 64]}}
 
     def __init__(self, model: LocalizationModel, hparams: Hyperparameters | None = None):
         self.model = model

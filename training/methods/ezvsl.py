@@ -47,6 +47,7 @@ class EZVSLHyperparameters(Hyperparameters):
 class EZVSLMethod(TrainingMethod):
     name = "ezvsl"
     model_name = "ezvsl"
+    smoke_model_options = {"image": {"size": [64, 64]}, "audio": {"window_seconds": 1.0}}
     hparams_class = EZVSLHyperparameters
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:

@@ -84,6 +84,7 @@ class NoPriorHyperparameters(Hyperparameters):
 class NoPriorMethod(TrainingMethod):
     name = "noprior"
     model_name = "noprior"
+    smoke_model_options = {"image": {"size": [64, 64]}, "audio": {"window_seconds": 1.0}}
     hparams_class = NoPriorHyperparameters
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
