@@ -45,6 +45,84 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_localizer(args: argparse.Namespace):
+    from streamloc.localizer import Localizer
+
+    if args.model:
+        return Localizer.from_checkpoint(args.model, device=args.device)
+    from streamloc.models import create_model
+
+    print("streamloc: warning: no --model given and no bundled model in this version; using an "
+          "UNTRAINED NoPrior model (its maps are meaningless). Train one with `python -m training.train`.",
+          file=sys.stderr)
+    return Localizer(create_model("noprior"), device=args.device)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from streamloc.pipeline import StreamingPipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    localizer = _load_localizer(args)
+    rate = localizer.sample_rate
+    if args.media:
+        from streamloc.io.media import MediaSource
+
+        video = MediaSource(args.media, sample_rate=rate, realtime=not args.fast, loop=args.loop)
+        audio = None
+    else:
+        from streamloc.io.camera import CameraSource
+        from streamloc.io.microphone import MicrophoneSource
+
+        video = CameraSource(_camera_spec(args.camera))
+        audio = MicrophoneSource(_mic_spec(args.mic), sample_rate=rate)
+    sinks = []
+    try:
+        if args.jsonl:
+            from streamloc.io.sinks import JsonlSink
+
+            sinks.append(JsonlSink(args.jsonl))
+        if args.record:
+            from streamloc.io.sinks import AnnotatedVideoWriter
+
+            sinks.append(AnnotatedVideoWriter(args.record, fps=args.rate, audio_rate=rate))
+        if not args.no_display:
+            from streamloc.io.sinks import OverlayWindow
+
+            sinks.append(OverlayWindow())
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    pipeline = StreamingPipeline(localizer, video, audio, sinks=sinks, rate=args.rate,
+                                 align=args.align, duration=args.duration)
+    with pipeline:
+        summary = pipeline.run()
+    print(f"stopped: {summary['stop_reason']}")
+    print(pipeline.stats.format())
+    for path in (args.jsonl, args.record):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def _camera_spec(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def _mic_spec(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from streamloc.io.devices import describe_devices
+
+    print(describe_devices(args.max_camera))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import streamloc
 
@@ -53,6 +131,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, devices and the available models")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("run", help="localize sounding objects live (camera + mic) or in a media file")
+    p.add_argument("--camera", default="0", help="camera index, video file, image pattern or URL (default 0)")
+    p.add_argument("--mic", default="default", help="microphone index or name substring (default: default)")
+    p.add_argument("--media", help="A/V file to play as a live source instead of camera + mic")
+    p.add_argument("--fast", action="store_true", help="with --media: read as fast as possible, not paced")
+    p.add_argument("--loop", action="store_true", help="with --media: loop the file")
+    p.add_argument("--model", help="streamloc checkpoint (.safetensors)")
+    p.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
+    p.add_argument("--align", choices=["end", "center"], default="end",
+                   help="audio window ends at the frame (live) or is centred on it (papers)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--no-display", action="store_true", help="no overlay window")
+    p.add_argument("--record", metavar="OUT.mp4", help="write the annotated video with its audio")
+    p.add_argument("--jsonl", metavar="OUT.jsonl", help="write one JSON record per tick")
+    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("devices", help="list audio inputs and probe cameras")
+    p.add_argument("--max-camera", type=int, default=4, help="probe camera indexes 0..N-1 (default 4)")
+    p.set_defaults(func=_cmd_devices)
 
     sub.add_parser("eval", help="evaluate predicted maps with the official protocols (see `streamloc eval -h`)",
                    add_help=False)

@@ -74,6 +74,15 @@ class Localizer:
     def window_seconds(self) -> float:
         return self.model.config.audio.window_seconds
 
+    def warmup(self, frame_size: tuple[int, int] = (480, 640), ticks: int = 2) -> None:
+        """Run a few ticks on synthetic input so that JIT compilation (numba, torch) and memory
+        allocation happen before the first real tick."""
+        rng = np.random.default_rng(0)
+        frame = rng.integers(0, 256, (*frame_size, 3), dtype=np.uint8)
+        audio = (0.1 * rng.standard_normal(self.window_samples)).astype(np.float32)
+        for _ in range(ticks):
+            self.localize(frame, audio, self.sample_rate)
+
     # -- input checks -------------------------------------------------------------------------
     @staticmethod
     def _check_frame(frame) -> np.ndarray:

@@ -1,0 +1,5 @@
+import sys
+
+from streamloc.cli import main
+
+sys.exit(main())
