@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from streamloc.tracking import ObjectTracker
+from streamloc.types import SoundingObject
+
+
+def obj(vector, cells):
+    cells = np.array(cells, bool)
+    return SoundingObject(id=-1, heatmap=np.zeros(cells.shape, np.float32), mask=cells.copy(), box=None,
+                          centroid=None, score=1.0, vector=np.array(vector, np.float32), cells=cells)
+
+
+A = ([1, 0, 0], [[1, 1, 0], [0, 0, 0]])
+B = ([0, 1, 0], [[0, 0, 0], [0, 1, 1]])
+C = ([0, 0, 1], [[0, 0, 1], [1, 0, 0]])
+
+
+def test_ids_follow_objects_when_their_order_changes():
+    t = ObjectTracker()
+    assert [o.id for o in t.update([obj(*A), obj(*B)])] == [0, 1]
+    assert [o.id for o in t.update([obj(*B), obj(*A)])] == [1, 0]
+    assert [o.id for o in t.update([obj(*C), obj(*A)])] == [2, 0]  # a new object gets a new id
+
+
+def test_a_briefly_missing_object_keeps_its_id_then_expires():
+    t = ObjectTracker(max_missed=2)
+    t.update([obj(*A), obj(*B)])
+    t.update([obj(*A)])
+    assert [o.id for o in t.update([obj(*A), obj(*B)])] == [0, 1]
+    for _ in range(3):
+        t.update([obj(*A)])
+    assert [o.id for o in t.update([obj(*A), obj(*B)])] == [0, 2]
+
+
+def test_greedy_matching_prefers_the_strongest_pair():
+    t = ObjectTracker(vector_weight=1.0, min_affinity=0.1)
+    t.update([obj([1, 0, 0], A[1]), obj([0, 1, 0], B[1])])
+    # the new object is closer to track 0 than to track 1, the other one closer to track 1
+    out = t.update([obj([0.9, 0.1, 0], B[1]), obj([0.2, 1, 0], A[1])])
+    assert [o.id for o in out] == [0, 1]
+
+
+def test_reset_and_bad_weight():
+    t = ObjectTracker()
+    t.update([obj(*A)])
+    t.reset()
+    assert [o.id for o in t.update([obj(*B)])] == [0]
+    with pytest.raises(ValueError):
+        ObjectTracker(vector_weight=2.0)
