@@ -54,7 +54,7 @@ def test_resume_continues_exactly(tmp_path):
     assert len(log) == 4
 
 
-@pytest.mark.parametrize("method", ["ezvsl", "noprior", "mixloc", "dsol"])
+@pytest.mark.parametrize("method", ["ezvsl", "noprior", "mixloc", "dsol", "avgn"])
 def test_smoke_checkpoint_runs_in_the_localizer(tmp_path, method):
     _run(tmp_path, steps=2, method=method)
     loc = Localizer.from_checkpoint(tmp_path / "model.safetensors", short_audio="tile")

@@ -243,6 +243,8 @@ def synthetic_avgn_batch(model: Any, batch_size: int, generator: torch.Generator
 class AVGNMethod(TrainingMethod):
     name = "avgn"
     model_name = "avgn"
+    smoke_model_options = {"image": {"size": [64, 64]}, "audio": {"window_seconds": 1.0},
+                           "num_classes": 8, "dim": 128, "heads": 4}
     hparams_class = AVGNHyperparameters
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
