@@ -79,5 +79,21 @@ def create_model(name: str, config: ModelConfig | dict | None = None, **options:
         data = config.to_dict()
     else:
         raise TypeError(f"config for {name!r} must be a {cls.config_class.__name__} or a dict, got {type(config).__name__}")
-    data.update(options)
-    return cls(cls.config_class.from_dict(data))
+    # Nested options given as dicts (e.g. audio={"window_seconds": 1.0}) change only the fields they
+    # name; the rest keeps this method's defaults (e.g. its log-mel front-end).
+    merged = _merge(cls.config_class().to_dict(), _plain(data))
+    return cls(cls.config_class.from_dict(_merge(merged, _plain(options))))
+
+
+def _plain(data: dict) -> dict:
+    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in data.items()}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -291,3 +291,23 @@ class AVGNMethod(TrainingMethod):
         """Coloured squares ↔ class ids, tones tied to the classes, and 2-source waveform-sum
         mixtures for about ``mixture_fraction`` of the items; see :func:`synthetic_avgn_batch`."""
         return synthetic_avgn_batch(self.model, batch_size, generator, mixture_fraction=mixture_fraction)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Dataset items → the batch of ``synthetic_batch``: ``classes`` (B, 2) = the visible
+        (first) source's class and the second source's class of a two-source item (a duet, or a
+        pairing row whose ``"audio"`` mixes two sources), -1 when there is none; ``masks``
+        (B, 1, H, W) the visible source's mask. Every item needs a class id in
+        [0, num_classes) for its visible source (Flickr-SoundNet has none)."""
+        from training.methods.collate import collate_common
+
+        batch = collate_common(self, samples, slots=2, mask_slots=1)
+        k = self.model.config.num_classes
+        for i, row in enumerate(batch["classes"].tolist()):
+            sid = samples[i].get("id", f"#{i}")
+            if row[0] < 0:
+                raise ValueError(f"AVGN needs 'class_ids' with the visible source's class; dataset "
+                                 f"item {sid!r} has none (use a dataset with class labels)")
+            if max(row) >= k:
+                raise ValueError(f"dataset item {sid!r} has class ids {row}, outside the model's "
+                                 f"num_classes={k} (set --model-option num_classes=...)")
+        return batch

@@ -64,6 +64,14 @@ class TrainingMethod:
         """A tiny batch with learnable structure, in this method's batch format."""
         raise NotImplementedError
 
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Dataset items (:mod:`training.data.datasets`) → this method's batch (the DataLoader's
+        ``collate_fn``). Default: ``images``, ``spectrograms``, ``waveforms``, ``classes`` (B, 1),
+        ``masks`` (B, 1, H, W), ``num_sources`` (see :mod:`training.methods.collate`)."""
+        from training.methods.collate import collate_common
+
+        return collate_common(self, samples, slots=1)
+
 
 def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
     _REGISTRY[cls.name] = cls

@@ -468,3 +468,26 @@ class DSOLMethod(TrainingMethod):
             batch["sounding"] = hot
         device = next(self.model.parameters()).device
         return {k: v.to(device) for k, v in batch.items()}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Dataset items → the batch of ``synthetic_batch``: ``images``, ``negative_images`` (the
+        images rolled by one: each item's negative is the next item's frame, another video, as
+        the official ``batch_organize``), ``spectrograms`` and, in stage one, ``classes`` (B,)
+        (the first source's class id, -1 when the dataset has none; unused by the loss). Stage
+        two's synthetic ``sounding`` ground truth has no dataset counterpart and is left out
+        (the stage-two loss does not read it)."""
+        from training.methods.collate import collate_classes, collate_images, collate_waveforms, spectrograms
+
+        if len(samples) < 2:
+            raise ValueError(f"DSOL needs at least 2 items per batch (negatives are other items' "
+                             f"frames), got {len(samples)}")
+        images = collate_images(self.model, samples, self.name)
+        waves = collate_waveforms(self.model, samples, self.name)
+        batch = {
+            "images": images,
+            "negative_images": torch.roll(images, shifts=-1, dims=0),
+            "spectrograms": spectrograms(self.model, waves),
+        }
+        if self.stage == 1:
+            batch["classes"] = collate_classes(samples, 1)[:, 0]
+        return batch

@@ -72,3 +72,9 @@ class EZVSLMethod(TrainingMethod):
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Any]:
         """One coloured square per image (EZ-VSL is single-source) and its tone."""
         return synthetic_av_batch(self.model, batch_size, generator, max_sources=1)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Dataset items → the batch of ``synthetic_batch``: one class / mask slot (single-source)."""
+        from training.methods.collate import collate_common
+
+        return collate_common(self, samples, slots=1)

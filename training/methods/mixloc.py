@@ -268,3 +268,60 @@ class MixLocMethod(TrainingMethod):
         boxes = torch.stack([xs, ys, xs + side_w, ys + side_h], dim=1)  # pixel x1, y1, x2, y2
         return {"images": images, "waveforms": waves, "waveforms_shifted": waves_shifted,
                 "spectrograms": spectrograms, "source_ids": ids, "boxes": boxes}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Dataset items → the batch of ``synthetic_batch``. Each item is one source (its frame
+        and its own unmixed audio: ``"source_audio"[0]`` for pairing rows, else ``"audio"``);
+        consecutive groups of k items are mixed by the loss. ``waveforms`` is the first
+        ``num_samples`` window and ``waveforms_shifted`` a window at a random later offset
+        (deterministic per batch of ids) when the item's audio is longer than one window, else
+        the same window. ``source_ids`` (B,) = the first class id (-1 if none), ``boxes`` (B, 4)
+        pixel x1, y1, x2, y2 of the first GT mask at the image size (the whole image when the
+        item has no mask)."""
+        import numpy as np
+
+        from training.methods.collate import (
+            batch_generator,
+            collate_classes,
+            collate_images,
+            collate_masks,
+            fit_length,
+            item_waveform,
+            spectrograms,
+        )
+
+        k = self.k
+        if not samples or len(samples) % k:
+            raise ValueError(f"Mix-and-Localize batches must hold a multiple of num_sources k={k} "
+                             f"items (one mixture per k), got {len(samples)}")
+        model = self.model
+        n = int(model.config.audio.num_samples)
+        gen = batch_generator(samples)
+        first, shifted = [], []
+        for i, item in enumerate(samples):
+            if item.get("source_audio") is not None:
+                one = {**item, "audio": np.asarray(item["source_audio"])[0]}
+            else:
+                one = item
+            wave = item_waveform(model, one, i, self.name)
+            if len(wave) > n:
+                offset = int(torch.randint(1, len(wave) - n + 1, (), generator=gen))
+                first.append(wave[:n])
+                shifted.append(wave[offset:offset + n])
+            else:
+                w = fit_length(wave, n)
+                first.append(w)
+                shifted.append(w)
+        waves = torch.from_numpy(np.stack(first).astype(np.float32))
+        waves_shifted = torch.from_numpy(np.stack(shifted).astype(np.float32))
+        images = collate_images(model, samples, self.name)
+        h, w = model.config.image.size
+        masks = collate_masks(samples, 1, (h, w))[:, 0]
+        boxes = torch.tensor([[0, 0, w, h]] * len(samples), dtype=torch.int64)
+        for b, m in enumerate(masks):
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            if len(ys):
+                boxes[b] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        return {"images": images, "waveforms": waves, "waveforms_shifted": waves_shifted,
+                "spectrograms": spectrograms(model, waves),
+                "source_ids": collate_classes(samples, 1)[:, 0], "boxes": boxes}

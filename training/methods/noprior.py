@@ -119,3 +119,10 @@ class NoPriorMethod(TrainingMethod):
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Any]:
         """One or two coloured squares per image; the audio mixes their tones."""
         return synthetic_av_batch(self.model, batch_size, generator, max_sources=2)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Dataset items → the batch of ``synthetic_batch``: two class / mask slots (-1 / empty
+        padding); the loss needs only ``images`` and ``spectrograms``."""
+        from training.methods.collate import collate_common
+
+        return collate_common(self, samples, slots=2)

@@ -65,3 +65,12 @@ def test_create_model_from_config_with_overrides():
 def test_invalid_values_are_rejected(name, options, match):
     with pytest.raises(ValueError, match=match):
         create_model(name, **options)
+
+
+def test_nested_dict_options_keep_the_method_defaults():
+    import streamloc.models.mixloc  # noqa: F401
+
+    model = create_model("mixloc", audio={"window_seconds": 0.5})
+    assert model.config.audio.kind == "logmel" and model.config.audio.window_seconds == 0.5
+    model = create_model("noprior", audio={"window_seconds": 1.0})
+    assert model.config.audio.sample_rate == 22050  # NoPrior's default rate survives
