@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-camera", type=int, default=4, help="probe camera indexes 0..N-1 (default 4)")
     p.set_defaults(func=_cmd_devices)
 
+    sub.add_parser("dataset", help="fetch sources and build the audio-visual benchmark (see `streamloc dataset -h`)",
+                   add_help=False)
     sub.add_parser("eval", help="evaluate predicted maps with the official protocols (see `streamloc eval -h`)",
                    add_help=False)
 
@@ -170,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["dataset"]:  # the benchmark builder has its own parser (training extra)
+        from training.data.avpairs_cli import main as dataset_main
+
+        return dataset_main(argv[1:])
     if argv[:1] == ["eval"]:  # the evaluator has its own parser (training extra)
         try:
             from training.evaluate import main as evaluate_main
