@@ -18,12 +18,7 @@ METHODS = ["ezvsl", "noprior", "mixloc", "dsol", "avgn"]
 CLASSES = ["cat meowing", "dog barking", "playing piano"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _vggss(root, n=6, seconds=1.0, sr=22050):

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from training.methods.base import Hyperparameters, TrainingMethod, register_method
-from training.methods.losses import micl_loss
+from training.methods.losses import finish_synthetic_batch, micl_loss
 
 __all__ = [
     "AVGNHyperparameters",
@@ -185,7 +185,6 @@ def synthetic_avgn_batch(model: Any, batch_size: int, generator: torch.Generator
     ``classes`` (B, 2) (column 1 is -1 for single sources), ``masks`` (B, 1, H, W) bool (the
     visible square) and ``num_sources`` (B,). Fully determined by ``generator``.
     """
-    from streamloc.features import preprocess_images
 
     k = int(model.config.num_classes)
     h, w = model.config.image.size
@@ -220,18 +219,7 @@ def synthetic_avgn_batch(model: Any, batch_size: int, generator: torch.Generator
             phase = float(torch.rand((), generator=generator)) * 2 * np.pi
             waves[i] += 0.5 * np.sin(2 * np.pi * tones[c] * t + phase)
         waves[i] += 0.01 * torch.randn(n, generator=generator, dtype=torch.float64).numpy()
-    images = preprocess_images(frames, model.config.image)
-    waveforms = torch.from_numpy(waves.astype(np.float32))
-    with torch.no_grad():
-        spectrograms = model.make_frontend()(waveforms)
-    return {
-        "images": images,
-        "spectrograms": spectrograms,
-        "waveforms": waveforms,
-        "classes": torch.from_numpy(classes),
-        "masks": torch.from_numpy(masks),
-        "num_sources": torch.from_numpy(counts),
-    }
+    return finish_synthetic_batch(model, frames, waves, classes, masks, counts)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -368,7 +368,6 @@ def synthetic_av_batch(model: Any, batch_size: int, generator: torch.Generator, 
     ``classes`` (B, max_sources) colour ids (-1 padding), ``masks`` (B, max_sources, H, W) bool,
     ``num_sources`` (B,). Fully determined by ``generator``.
     """
-    from streamloc.features import preprocess_images
 
     if not 1 <= max_sources <= len(PALETTE_BGR):
         raise ValueError(f"max_sources must be in [1, {len(PALETTE_BGR)}], got {max_sources}")
@@ -404,6 +403,15 @@ def synthetic_av_batch(model: Any, batch_size: int, generator: torch.Generator, 
             classes[i, j] = col
         counts[i] = k
         waves[i] += 0.01 * torch.randn(n, generator=generator, dtype=torch.float64).numpy()
+    return finish_synthetic_batch(model, frames, waves, classes, masks, counts)
+
+
+def finish_synthetic_batch(model: Any, frames: np.ndarray, waves: np.ndarray, classes: np.ndarray,
+                           masks: np.ndarray, counts: np.ndarray) -> dict[str, torch.Tensor]:
+    """Images through the model's preprocessing and audio through its frontend: the batch dict
+    the synthetic tasks share."""
+    from streamloc.features import preprocess_images
+
     images = preprocess_images(frames, model.config.image)
     waveforms = torch.from_numpy(waves.astype(np.float32))
     with torch.no_grad():

@@ -19,13 +19,7 @@ from streamloc.models.dsol import DSOL, DSOLConfig
 SMALL = {"image": {"size": (48, 48)}, "audio": {"kind": "logmel", "window_seconds": 0.04}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box has 2 busy cores; several intra-op threads fighting over them are ~10× slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

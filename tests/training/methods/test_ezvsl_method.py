@@ -15,14 +15,7 @@ from training.methods.losses import micl_loss
 SMALL = {"image": {"size": (64, 64)}, "audio": {"window_seconds": 0.1}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads contending with other jobs run
-    the tiny convolutions up to 10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def literal_micl(img, aud, tau):

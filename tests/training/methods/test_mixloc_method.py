@@ -11,13 +11,7 @@ from training.methods import mixloc as ml
 SMALL = {"image": {"size": (48, 48)}, "audio": {"kind": "logmel", "window_seconds": 0.24}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: much steadier than two on the shared, busy CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------------
