@@ -276,13 +276,17 @@ class StreamingPipeline:
     def _counter_flags(self) -> set[str]:
         counters = {
             "audio_overflow": int(self.ring.overflows) + int(getattr(self.audio, "input_overflows", 0)),
-            "frames_dropped": int(self.frames.frames_dropped),
+            # keep-latest: frames newer ones replaced before a tick used them (by design, no flag)
+            "frames_not_used": int(self.frames.frames_dropped),
+            # frames the source itself lost (a capture that could not keep up), when it reports them
+            "frames_dropped": int(getattr(self.video, "frames_dropped", 0)),
         }
         flags = set()
         for name, value in counters.items():
             before = self._last_counters.get(name, 0)
             if value > before:
-                flags.add(name)
+                if name != "frames_not_used":
+                    flags.add(name)
                 self.stats.count(name, value - before)
             self._last_counters[name] = value
         return flags
