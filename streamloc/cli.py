@@ -46,16 +46,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _load_localizer(args: argparse.Namespace):
+    from streamloc.backends import backend_from_args
     from streamloc.localizer import Localizer
+    from streamloc.models import create_model
+    from streamloc.models.checkpoint import load_checkpoint
 
     if args.model:
-        return Localizer.from_checkpoint(args.model, device=args.device)
-    from streamloc.models import create_model
-
-    print("streamloc: warning: no --model given and no bundled model in this version; using an "
-          "UNTRAINED NoPrior model (its maps are meaningless). Train one with `python -m training.train`.",
-          file=sys.stderr)
-    return Localizer(create_model("noprior"), device=args.device)
+        model = load_checkpoint(args.model)
+    else:
+        print("streamloc: warning: no --model given and no bundled model in this version; using an "
+              "UNTRAINED NoPrior model (its maps are meaningless). Train one with `python -m training.train`.",
+              file=sys.stderr)
+        model = create_model("noprior")
+    backend = backend_from_args(args, model, device=args.device)
+    return Localizer(model, device=args.device, backend=backend)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -125,6 +129,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     import streamloc
+    from streamloc.backends import add_backend_arguments
 
     parser = argparse.ArgumentParser(prog="streamloc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamloc {streamloc.__version__}")
@@ -148,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", metavar="OUT.jsonl", help="write one JSON record per tick")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_backend_arguments(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("devices", help="list audio inputs and probe cameras")

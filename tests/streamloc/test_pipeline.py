@@ -124,3 +124,15 @@ def test_pipeline_api_with_callback_and_tracking(tmp_path, clip, model_file):
     assert all(len(set(i)) == len(i) for i in ids)  # ids unique within a tick
     # the scene is static: tracking keeps reusing the first tick's ids
     assert set(ids[-1]) <= set().union(*ids[:-1]) or len(ids[-1]) == 0
+
+
+def test_run_with_the_onnx_backend(tmp_path, clip, model_file, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("STREAMLOC_CACHE", str(tmp_path / "cache"))
+    jsonl = tmp_path / "onnx.jsonl"
+    proc = _streamloc("run", "--media", clip, "--model", model_file, "--no-display", "--rate", "5",
+                      "--backend", "onnx", "--jsonl", jsonl, env={**__import__("os").environ})
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert records and all(r["num_objects"] >= 1 for r in records)
+    assert any((tmp_path / "cache").rglob("*.onnx"))
