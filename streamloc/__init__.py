@@ -4,8 +4,8 @@ Looks at a camera, listens to a microphone and says, many times a second, which 
 picture make the sounds in the mixture, without being told how many there are.
 
 >>> import streamloc
->>> sorted(streamloc.list_models())[:2]
-['ezvsl', 'noprior']
+>>> streamloc.list_models()
+['avgn', 'dsol', 'ezvsl', 'mixloc', 'noprior']
 """
 
 from __future__ import annotations
