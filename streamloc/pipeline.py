@@ -8,13 +8,16 @@ that overruns its period makes the scheduler skip the ticks it missed (counted, 
 Audio that has not arrived yet is waited for up to `late_audio_s`; after that the tick uses the
 newest window and is flagged "late".
 
->>> # doctest: +SKIP
->>> from streamloc import Localizer
->>> from streamloc.io import MediaSource
->>> from streamloc.io.sinks import JsonlSink
->>> with StreamingPipeline(Localizer.from_checkpoint("m.safetensors"), MediaSource("clip.mp4"),
-...                        sinks=[JsonlSink("out.jsonl")], rate=10) as pipe:
-...     summary = pipe.run()
+Example (needs an A/V file and a checkpoint)::
+
+    from streamloc import Localizer
+    from streamloc.io.media import MediaSource
+    from streamloc.io.sinks import JsonlSink
+
+    localizer = Localizer.from_checkpoint("model.safetensors")
+    with StreamingPipeline(localizer, MediaSource("clip.mp4", sample_rate=localizer.sample_rate),
+                           sinks=[JsonlSink("out.jsonl")], rate=10) as pipe:
+        summary = pipe.run()
 """
 
 from __future__ import annotations
