@@ -3,8 +3,10 @@
 One thread (the caller's) runs the ticks; the sources capture in their own threads into the rings.
 Each tick takes the newest frame and the audio window ending at that frame's time (or, with
 `align="center"`, the frame at the window's centre, as the papers do offline), runs the Localizer,
-gives objects stable ids, and hands the result to the sinks. At most one tick is in flight: a tick
-that overruns its period makes the scheduler skip the ticks it missed (counted, never queued).
+gives objects stable ids, and hands the result to the sinks. At most one tick is in flight and
+tick starts are at least one period apart: a tick that overruns its period makes the scheduler
+skip the slots it missed (counted, never queued); waiting for a new frame only delays the next
+tick.
 Audio that has not arrived yet is waited for up to `late_audio_s`; after that the tick uses the
 newest window and is flagged "late".
 
@@ -171,23 +173,27 @@ class StreamingPipeline:
                 if now < next_tick:
                     self._stop.wait((next_tick - now) / 1e9)
                     continue
-                missed = (now - next_tick) // period_ns
-                if missed:
-                    self.stats.count("ticks_skipped", int(missed))
-                next_tick += (missed + 1) * period_ns
                 self._check_sources()
                 if self._stop.is_set():
                     break
-                entry = self._pick_frame(last_frame_index)
+                entry = self._pick_frame(last_frame_index)  # may wait for a new frame
                 if entry is None:
                     if self._sources_finished():
                         self.stop("end of media")
                     continue
+                t_start = time.monotonic_ns()
                 result = self._tick(entry)
                 if result is None:
                     continue
                 last_frame_index = entry.index
                 self._emit(entry.frame, result)
+                # Ticks start at most `rate` times per second; a tick that ran longer than the
+                # period makes the scheduler skip the slots it overran (counted, never queued).
+                # Waiting for a new frame delays the next tick but is not a skip.
+                missed = (time.monotonic_ns() - t_start) // period_ns
+                if missed:
+                    self.stats.count("ticks_skipped", int(missed))
+                next_tick = t_start + (missed + 1) * period_ns
         except KeyboardInterrupt:
             self.stop("interrupted")
         except BaseException as exc:
