@@ -183,7 +183,8 @@ class StreamingPipeline:
                     continue
                 t_start = time.monotonic_ns()
                 result = self._tick(entry)
-                if result is None:
+                if result is None:  # e.g. the first window of audio is still filling: next slot
+                    next_tick = t_start + period_ns
                     continue
                 last_frame_index = entry.index
                 self._emit(entry.frame, result)
