@@ -393,17 +393,9 @@ def _find(parent, x):
 
 
 @njit(cache=True)
-def _grow_rows_f32(buf, rows):
-    out = np.empty((rows, buf.shape[1]), np.float32)
-    for i in range(buf.shape[0]):
-        for j in range(buf.shape[1]):
-            out[i, j] = buf[i, j]
-    return out
-
-
-@njit(cache=True)
-def _grow_rows_bool(buf, rows):
-    out = np.empty((rows, buf.shape[1]), np.bool_)
+def _grow_rows(buf, rows):
+    """A copy of `buf` with room for `rows` rows (numba compiles one version per dtype)."""
+    out = np.empty((rows, buf.shape[1]), buf.dtype)
     for i in range(buf.shape[0]):
         for j in range(buf.shape[1]):
             out[i, j] = buf[i, j]
@@ -686,9 +678,9 @@ def _ioi_kernel(smap2d, feats3d, bg, eps, tau1, tau2, paper, max_iter, tol_scale
             break
         if t == cap:
             cap = min(2 * cap, max_iter)
-            bank = _grow_rows_f32(bank, cap)
-            maps = _grow_rows_f32(maps, cap)
-            claims = _grow_rows_bool(claims, cap)
+            bank = _grow_rows(bank, cap)
+            maps = _grow_rows(maps, cap)
+            claims = _grow_rows(claims, cap)
             gdot = _grow_square_f32(gdot, cap)
         for k in range(c):
             bank[t, k] = feats[k, seed]
