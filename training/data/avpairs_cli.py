@@ -6,6 +6,7 @@
     python -m training.data.avpairs_cli list                       # pairs kept, and why others were dropped
     python -m training.data.avpairs_cli build --protocol grid --split test --count 200 --seed 0 --out DIR
     python -m training.data.avpairs_cli build --pairs MY_FOLDER --backgrounds generated ...
+    python -m training.data.avpairs_cli demo --out streamloc/assets/demo   # the bundled demo clip
 
 ``--pairs`` is ``tuxpaint`` (default: the Tux Paint stamps + catalog + FluidR3 instruments, needs
 ``fetch`` first) or a folder of ``NAME.png`` + ``NAME.wav|ogg|flac`` pairs. ``--backgrounds`` is
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--level-jitter-db", type=float, default=0.0)
     b.add_argument("--openset-seed", type=int, default=0)
     b.add_argument("--overwrite", action="store_true")
+
+    d = sub.add_parser("demo", help="compose and write the ~15-s demo clip (demo_clip.mp4/.json/.mask.png) that `streamloc demo` plays")
+    pair_opts(d)
+    d.add_argument("--out", type=Path, required=True, help="folder for the clip (the bundled one: streamloc/assets/demo)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--backgrounds", default=None, help="'wallpapers', 'generated' or a folder of pictures")
+    d.add_argument("--crf", type=int, default=20, help="H.264 quality (lower = better, larger)")
     return ap
 
 
@@ -127,12 +135,11 @@ def _cmd_list(args, progress: bool) -> int:
     return 0
 
 
-def _cmd_build(args, progress: bool) -> int:
-    from training.data.avpairs import SceneConfig, generated_backgrounds
-    from training.data.avpairs_dataset import build_dataset
+def _backgrounds(args):
+    """(backgrounds, their facts) that ``--backgrounds`` asks for."""
+    from training.data.avpairs import generated_backgrounds
     from training.data.avpairs_sources import load_background_folder, load_wallpapers
 
-    pool, rep = _pairs(args, progress)
     bg_kind = args.backgrounds or ("wallpapers" if args.pairs == "tuxpaint" else "generated")
     if bg_kind == "wallpapers":
         bgs, bg_facts = load_wallpapers(args.cache)
@@ -141,6 +148,15 @@ def _cmd_build(args, progress: bool) -> int:
         bg_facts = {"generated": len(bgs), "license": "CC0-1.0 (made by the builder)"}
     else:
         bgs, bg_facts = load_background_folder(bg_kind)
+    return bgs, bg_facts
+
+
+def _cmd_build(args, progress: bool) -> int:
+    from training.data.avpairs import SceneConfig
+    from training.data.avpairs_dataset import build_dataset
+
+    pool, rep = _pairs(args, progress)
+    bgs, bg_facts = _backgrounds(args)
     cfg = SceneConfig(duration=args.duration, level_jitter_db=args.level_jitter_db, openset_seed=args.openset_seed)
     rd = rep.as_dict()
     summary = {k: rd[k] for k in ("kept", "kept_by_source", "classes", "dropped", "dropped_by_reason", "skipped_files", "notes")}
@@ -155,11 +171,44 @@ def _cmd_build(args, progress: bool) -> int:
     return 0
 
 
+def _cmd_demo(args, progress: bool) -> int:
+    from training.data.avpairs_demo import compose_demo, write_demo
+
+    pool, rep = _pairs(args, progress)
+    bgs, bg_facts = _backgrounds(args)
+    clip = compose_demo(pool, bgs, seed=args.seed)
+    sources = _demo_sources(rep.as_dict()["sources"], {o.pair.source for o in clip.objects})
+    if "wallpapers" in bg_facts:  # only the wallpaper in the clip
+        bg_facts = {**bg_facts, "wallpapers": [w for w in bg_facts["wallpapers"] if w["name"] == clip.background_meta["bg_id"]]}
+    paths = write_demo(clip, args.out, sources=sources, background_facts=bg_facts, crf=args.crf)
+    for seg in clip.segments():
+        names = [clip.objects[i].label for i in seg["sounding"]] or ["(silence)"]
+        print(f"  {seg['start_s']:5.1f}-{seg['end_s']:5.1f} s: {', '.join(names)}")
+    silent = [o.label for o in clip.objects if not o.sounding]
+    if silent:
+        print(f"  silent: {', '.join(silent)}")
+    for p in paths.values():
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
+    return 0
+
+
+def _demo_sources(report_sources: list[dict], pair_kinds: set[str]) -> list[dict]:
+    """The report's sources that the demo's pairs come from."""
+    from training.data.avpairs_sources import FLUID, TUX
+
+    wanted = set()
+    if pair_kinds & {"tuxpaint", "fluidr3"}:
+        wanted.add(TUX)  # every catalog pair has a Tux Paint picture
+    if "fluidr3" in pair_kinds:
+        wanted.add(FLUID)
+    return [s for s in report_sources if s.get("package") in wanted or ("folder" in s and "user" in pair_kinds)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = not args.no_progress
     try:
-        return {"fetch": _cmd_fetch, "list": _cmd_list, "build": _cmd_build}[args.cmd](args, progress)
+        return {"fetch": _cmd_fetch, "list": _cmd_list, "build": _cmd_build, "demo": _cmd_demo}[args.cmd](args, progress)
     except (StreamlocError, FileNotFoundError, ValueError) as exc:
         msg = str(exc)
         print(f"error: {msg}", file=sys.stderr)
