@@ -65,8 +65,6 @@ def _load_localizer(args: argparse.Namespace):
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from streamloc.pipeline import StreamingPipeline
-
     if args.threads:
         torch.set_num_threads(args.threads)
     localizer = _load_localizer(args)
@@ -82,17 +80,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         video = CameraSource(_camera_spec(args.camera))
         audio = MicrophoneSource(_mic_spec(args.mic), sample_rate=rate)
+    sinks = _open_sinks(jsonl=args.jsonl, record=args.record, display=not args.no_display,
+                        fps=args.rate, audio_rate=rate)
+    pipeline, summary = _run_pipeline(localizer, video, audio, sinks, rate=args.rate,
+                                      align=args.align, duration=args.duration)
+    print(f"stopped: {summary['stop_reason']}")
+    print(pipeline.stats.format())
+    for path in (args.jsonl, args.record):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def _open_sinks(*, jsonl=None, record=None, display: bool = False, fps: float = 10.0,
+                audio_rate: int | None = None) -> list:
+    """The sinks of `run` and `demo`; if one cannot open, those already open are closed."""
     sinks = []
     try:
-        if args.jsonl:
+        if jsonl:
             from streamloc.io.sinks import JsonlSink
 
-            sinks.append(JsonlSink(args.jsonl))
-        if args.record:
+            sinks.append(JsonlSink(jsonl))
+        if record:
             from streamloc.io.sinks import AnnotatedVideoWriter
 
-            sinks.append(AnnotatedVideoWriter(args.record, fps=args.rate, audio_rate=rate))
-        if not args.no_display:
+            sinks.append(AnnotatedVideoWriter(record, fps=fps, audio_rate=audio_rate))
+        if display:
             from streamloc.io.sinks import OverlayWindow
 
             sinks.append(OverlayWindow())
@@ -100,15 +113,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for sink in sinks:
             sink.close()
         raise
-    pipeline = StreamingPipeline(localizer, video, audio, sinks=sinks, rate=args.rate,
-                                 align=args.align, duration=args.duration)
+    return sinks
+
+
+def _run_pipeline(localizer, video, audio, sinks: list, **options):
+    """Run a `StreamingPipeline` to its end; the sinks are flushed and closed whatever happens.
+
+    Returns (pipeline, its run summary).
+    """
+    from streamloc.pipeline import StreamingPipeline
+
+    try:
+        pipeline = StreamingPipeline(localizer, video, audio, sinks=sinks, **options)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
     with pipeline:
         summary = pipeline.run()
-    print(f"stopped: {summary['stop_reason']}")
-    print(pipeline.stats.format())
-    for path in (args.jsonl, args.record):
-        if path:
-            print(f"wrote {path}")
+    return pipeline, summary
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streamloc.demo import run_demo
+
+    run_demo(args.out, display=args.display, model=args.model, clip=args.clip, rate=args.rate,
+             fast=args.fast, threads=args.threads, device=args.device, backend=args.backend,
+             precision=args.precision, backend_batch=args.backend_batch)
     return 0
 
 
@@ -125,6 +156,23 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
     print(describe_devices(args.max_camera))
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from streamloc.backends.export import export_model, load_model
+
+    model = load_model(args.model, image_size=args.image_size)
+    device = args.device or ("cuda" if args.format == "tensorrt" else "cpu")
+    report = export_model(model, args.out, format=args.format, precision=args.precision, batch=args.batch,
+                          device=device, opset=args.opset, atol=args.atol)
+    print(report.summary())
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from streamloc.bench import run_from_args
+
+    return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_arguments(p)
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("demo", help="play the bundled demo clip through the live pipeline and write an annotated video")
+    p.add_argument("--out", default="streamloc-demo", metavar="DIR",
+                   help="folder for demo.mp4, demo.jsonl and summary.json (default ./streamloc-demo)")
+    p.add_argument("--display", action="store_true", help="also show the overlay window")
+    p.add_argument("--model", help="streamloc checkpoint (default: the bundled NoPrior model)")
+    p.add_argument("--clip", help="A/V file to play instead of the bundled clip")
+    p.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
+    p.add_argument("--fast", action="store_true", help="read the clip as fast as possible, not paced (tests)")
+    p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_backend_arguments(p)
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("devices", help="list audio inputs and probe cameras")
     p.add_argument("--max-camera", type=int, default=4, help="probe camera indexes 0..N-1 (default 4)")
     p.set_defaults(func=_cmd_devices)
@@ -173,6 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow full unpickling (runs code from the file: only for files you trust)")
     p.add_argument("--dictionary", help="DSOL stage two: the object dictionary .npy (K x 512)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("export", help="export a model for deployment (static-shape ONNX or TensorRT ExportedProgram)")
+    p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
+    p.add_argument("model", metavar="MODEL", help="streamloc checkpoint (.safetensors) or model name (untrained)")
+    p.add_argument("out", metavar="OUT", help="output file (.onnx, or .ep for tensorrt)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp32 (default); fp16 for tensorrt (for ONNX build fp16 engines from the fp32 file)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--image-size", type=int, help="input picture size S (S x S; default the model's)")
+    p.add_argument("--device", help="cpu (onnx default) or cuda (tensorrt; onnx: check with the CUDA provider)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's native one)")
+    p.add_argument("--atol", type=float, help="largest accepted difference to eager fp32 (default 1e-3 fp32, 5e-2 fp16)")
+    p.set_defaults(func=_cmd_export)
+
+    from streamloc.bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="latency / throughput of the inference backends vs a paper-style baseline")
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
