@@ -861,9 +861,18 @@ def preprocess_images(
 
 
 def _normalise(x: torch.Tensor, config: ImagePreprocessConfig) -> torch.Tensor:
-    mean = torch.tensor(config.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(config.mean, config.std, x.device)
     return ((x / 255.0 - mean) / std).contiguous()
+
+
+@functools.lru_cache(maxsize=32)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached per device: building them with torch.tensor(..., device="cuda") on every call is a
+    # blocking host-to-device copy, i.e. a host sync in the middle of a GPU tick.
+    # inference_mode(False): a cached constant first built under inference_mode must still be
+    # usable by code that records autograd (training).
+    with torch.inference_mode(False):
+        return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std))
 
 
 @functools.lru_cache(maxsize=32)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from streamloc.errors import InputError
-from streamloc.features import preprocess_images, resample, validate_audio
+from streamloc.features import preprocess_images, preprocess_images_torch, resample, validate_audio
 from streamloc.models.base import GridObject, LocalizationModel, minmax
 from streamloc.types import SoundingObject, TickResult
 
@@ -41,10 +41,26 @@ class Localizer:
             flag "silent"; None disables the gate.
         short_audio: what to do with fewer samples than the model's window: "error" (default),
             "tile" (repeat the clip, as the official loaders do) or "pad" (zeros in front).
+        preprocess_on_device: compute the spectrogram and the image resize/normalisation on the
+            model's CUDA device (None, the default: yes when `device` is CUDA). The uint8 frames
+            and the audio windows are then staged in pinned host memory and copied with
+            `non_blocking=True`, and the tick synchronises with the GPU once, when the outputs come
+            back to the host. On CPU the OpenCV image path is used, as before. The GPU image
+            path differs from OpenCV's by at most one grey level per pixel (see
+            `preprocess_images_torch`).
+
+    On CUDA, `TickResult.timings_ms` also holds "preprocess_gpu" and "encoder_gpu": the GPU time
+    of those stages from CUDA events (the host-side "preprocess" span only covers launching them).
+
+    >>> from streamloc.models import create_model
+    >>> loc = Localizer(create_model("noprior"), device="cpu")
+    >>> loc.preprocess_on_device
+    False
     """
 
     def __init__(self, model: LocalizationModel, *, device: str | torch.device = "cpu", backend=None,
-                 mask_threshold: float = 0.5, silence_dbfs: float | None = -60.0, short_audio: str = "error"):
+                 mask_threshold: float = 0.5, silence_dbfs: float | None = -60.0, short_audio: str = "error",
+                 preprocess_on_device: bool | None = None):
         if short_audio not in SHORT_AUDIO_POLICIES:
             raise ValueError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
         if not 0.0 < mask_threshold < 1.0:
@@ -57,6 +73,16 @@ class Localizer:
             backend = EagerBackend(self.model, device=self.device)
         self.backend = backend
         self.frontend = self.model.make_frontend().to(self.device)
+        on_cuda = self.device.type == "cuda"
+        if preprocess_on_device is None:
+            preprocess_on_device = on_cuda
+        if preprocess_on_device and not on_cuda:
+            raise ValueError(f"preprocess_on_device=True needs a CUDA device, got {self.device}")
+        self.preprocess_on_device = bool(preprocess_on_device)
+        if self.preprocess_on_device:
+            # validate_audio already rejected non-finite samples on the host; the frontend's own
+            # NaN scan would be a second host sync per tick.
+            self.frontend.check_inputs = False
         self.sample_rate = self.model.config.audio.sample_rate
         self.window_samples = self.model.config.audio.num_samples
         self.mask_threshold = mask_threshold
@@ -129,22 +155,52 @@ class Localizer:
         return self.localize_batch([frame_bgr_uint8], [audio_float32], sample_rate,
                                    time_ns=[time_ns], frame_index=[frame_index])[0]
 
-    def localize_batch(self, frames: Sequence[np.ndarray], audios: Sequence[np.ndarray], sample_rate: int, *,
+    def localize_batch(self, frames: Sequence[np.ndarray], audios: Sequence[np.ndarray],
+                       sample_rate: int | Sequence[int], *,
                        time_ns: Sequence[int | None] | None = None,
                        frame_index: Sequence[int | None] | None = None) -> list[TickResult]:
-        """`localize` for several (frame, audio) pairs in one encoder call (e.g. several cameras)."""
+        """`localize` for several (frame, audio) pairs in one encoder call (e.g. several cameras).
+
+        Frames may differ in size; `sample_rate` is one rate for all windows or one per window.
+        The items go through the backend as one batch: build compiled backends for that batch
+        (`create_backend(..., batch=N)`, `--backend-batch N`), otherwise a batch-1 graph runs the
+        N items one after the other. Result `i` equals `localize(frames[i], audios[i], ...)`.
+
+        >>> import numpy as np
+        >>> from streamloc.models import create_model
+        >>> loc = Localizer(create_model("noprior", image={"size": (64, 64)}))
+        >>> frames = [np.zeros((120, 160, 3), np.uint8), np.zeros((90, 90, 3), np.uint8)]
+        >>> audios = [np.zeros(3 * 16000, np.float32), np.zeros(3 * 22050, np.float32)]
+        >>> [r.frame_size for r in loc.localize_batch(frames, audios, [16000, 22050])]
+        [(120, 160), (90, 90)]
+        """
         if len(frames) != len(audios) or not frames:
             raise InputError(f"need as many frames as audio windows (≥ 1), got {len(frames)} and {len(audios)}")
+        if isinstance(sample_rate, (Sequence, np.ndarray)) and not isinstance(sample_rate, (str, bytes)):
+            rates = list(sample_rate)
+            if len(rates) != len(audios):
+                raise InputError(f"got {len(rates)} sample rates for {len(audios)} audio windows")
+        else:
+            rates = [sample_rate] * len(audios)
         t0 = time.perf_counter_ns()
         frames = [self._check_frame(f) for f in frames]
-        windows, levels = zip(*(self._window(a, sample_rate) for a in audios))
-        wave = torch.from_numpy(np.stack(windows)).to(self.device)
-        with torch.inference_mode():
-            specs = self.frontend(wave)
-        images = preprocess_images(list(frames), self.model.config.image, device=self.device)
+        windows, levels = zip(*(self._window(a, r) for a, r in zip(audios, rates)))
+        events = None
+        if self.preprocess_on_device:
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            events[0].record()
+            images, specs = self._device_inputs(frames, windows)
+            events[1].record()
+        else:
+            wave = torch.from_numpy(np.stack(windows)).to(self.device)
+            with torch.inference_mode():
+                specs = self.frontend(wave)
+            images = preprocess_images(list(frames), self.model.config.image, device=self.device)
         t1 = time.perf_counter_ns()
         outputs = self.backend(images, specs)
-        host = [o.detach().to("cpu").numpy() for o in outputs]  # the one host sync of the tick
+        if events is not None:
+            events[2].record()
+        host = self._to_host(outputs)  # the one host sync of the tick
         t2 = time.perf_counter_ns()
         results = []
         for i, frame in enumerate(frames):
@@ -163,9 +219,53 @@ class Localizer:
         t3 = time.perf_counter_ns()
         timings = {"preprocess": (t1 - t0) / 1e6, "encoder": (t2 - t1) / 1e6,
                    "postprocess": (t3 - t2) / 1e6, "total": (t3 - t0) / 1e6}
+        if events is not None:  # complete: _to_host synchronised after the last one
+            timings["preprocess_gpu"] = events[0].elapsed_time(events[1])
+            timings["encoder_gpu"] = events[1].elapsed_time(events[2])
         for r in results:
             r.timings_ms.update(timings)
         return results
+
+    # -- on-device preprocessing (CUDA) ---------------------------------------------------------
+    def _device_inputs(self, frames: Sequence[np.ndarray], windows: Sequence[np.ndarray]):
+        """(images, spectrograms) computed on the CUDA device without a host sync."""
+        wave = _pinned_to_device(windows, self.device)
+        with torch.inference_mode():
+            specs = self.frontend(wave)
+        # Images as plain tensors (not inference tensors), as the CPU path makes them.
+        with torch.no_grad():
+            config = self.model.config.image
+            by_size: dict[tuple[int, ...], list[int]] = {}
+            for i, f in enumerate(frames):
+                by_size.setdefault(f.shape, []).append(i)
+            if len(by_size) == 1:
+                images = preprocess_images_torch(_pinned_to_device(frames, self.device), config)
+            else:  # cameras of different sizes: one resize per size, back in input order
+                parts: list[torch.Tensor | None] = [None] * len(frames)
+                for idx in by_size.values():
+                    out = preprocess_images_torch(_pinned_to_device([frames[i] for i in idx], self.device), config)
+                    for j, i in enumerate(idx):
+                        parts[i] = out[j]
+                images = torch.stack(parts)
+        return images, specs
+
+    @staticmethod
+    def _to_host(outputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        """The backend's outputs as numpy arrays: on CUDA, non-blocking copies into pinned host
+        memory and one stream synchronisation; elsewhere a plain copy."""
+        if not any(o.is_cuda for o in outputs):
+            return [o.detach().to("cpu").numpy() for o in outputs]
+        host = []
+        for o in outputs:
+            # Fresh pinned buffers (torch's caching host allocator makes this cheap): the results
+            # of this tick keep views of them, so they must not be reused by the next tick.
+            h = torch.empty(o.shape, dtype=o.dtype, pin_memory=True)
+            h.copy_(o.detach(), non_blocking=True)
+            host.append(h)
+        devices = {o.device for o in outputs if o.is_cuda}
+        for device in devices:
+            torch.cuda.current_stream(device).synchronize()
+        return [h.numpy() for h in host]
 
     def _to_frame(self, grid_objects: list[GridObject], size: tuple[int, int]) -> list[SoundingObject]:
         h, w = size
@@ -182,6 +282,17 @@ class Localizer:
             out.append(SoundingObject(id=rank, heatmap=heat, mask=mask, box=box, centroid=centroid,
                                       score=float(g.score), vector=g.vector, cells=g.cells))
         return out
+
+
+def _pinned_to_device(arrays: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Stack equally shaped host arrays into a pinned buffer and copy it to `device` without
+    blocking. The caching host allocator keeps the buffer alive until the copy has run."""
+    first = torch.from_numpy(np.ascontiguousarray(arrays[0]))
+    staging = torch.empty((len(arrays), *first.shape), dtype=first.dtype, pin_memory=True)
+    view = staging.numpy()
+    for i, a in enumerate(arrays):
+        view[i] = a
+    return staging.to(device, non_blocking=True)
 
 
 def _box_and_centroid(mask: np.ndarray, heat: np.ndarray):
