@@ -102,8 +102,12 @@ def default_backend_specs(device: str = "cpu") -> list[tuple[str, str]]:
     """Every backend and precision that can run on ``device`` here (eager first)."""
     from streamloc.backends import backend_unavailable_reason
 
+    from streamloc.backends.eager import cpu_has_native_bf16
+
     on_cuda = str(device).startswith("cuda")
     specs = [("eager", "fp32")] + ([("eager", "fp16")] if on_cuda else [])
+    if not on_cuda and cpu_has_native_bf16():
+        specs.append(("eager", "bf16"))
     if backend_unavailable_reason("compile") is None:
         specs.append(("compile", "fp32"))
     if backend_unavailable_reason("onnx") is None:
@@ -416,7 +420,11 @@ def _resolve(cfg: BenchConfig):
     for name, precision in list(specs):
         reason = backend_unavailable_reason(name)
         if reason is None and precision != "fp32" and device.type != "cuda":
-            reason = f"{precision} needs a CUDA device"
+            from streamloc.backends.eager import cpu_has_native_bf16
+
+            if not (name == "eager" and precision == "bf16" and cpu_has_native_bf16()):
+                reason = f"{precision} needs a CUDA device" + (
+                    "" if precision == "fp16" or name != "eager" else " or a CPU with native bf16")
         if reason:
             if explicit:
                 raise BackendError(f"backend {_label(name, precision)} cannot run here: {reason}")

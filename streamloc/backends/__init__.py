@@ -102,7 +102,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=list(BACKENDS), default="eager",
                         help="inference backend for the encoder pair (default eager)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                        help="backend precision (fp16/bf16 on CUDA only; default fp32)")
+                        help="backend precision (fp16 on CUDA; bf16 on CUDA and on CPUs with native bf16; default fp32)")
     parser.add_argument("--backend-batch", type=int, default=1,
                         help="static batch of the compile/onnx/tensorrt backends (default 1)")
 

@@ -222,6 +222,9 @@ class OnnxBackend:
         }[graph_optimization]
         so.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         so.inter_op_num_threads = 1
+        # ORT's worker threads busy-wait after each run by default; on a small CPU that steals the
+        # cores the next tick's preprocessing and the IOI step need.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3  # errors only
         if self.device.type == "cuda":

@@ -26,7 +26,9 @@ from streamloc.backends import (
     backend_from_args,
     create_backend,
 )
+from streamloc.backends import eager as eager_backend
 from streamloc.backends import onnx as onnx_backend
+from streamloc.backends.eager import cpu_has_native_bf16
 from streamloc.backends.cache import Artifact, StaticShapes, cache_key, cache_root, file_sha256, model_hash
 from streamloc.errors import BackendError, InputError
 from streamloc.models import create_model
@@ -281,6 +283,29 @@ def test_tensorrt_without_torch_tensorrt_is_a_backend_error(models, monkeypatch)
     with pytest.raises(BackendError, match=r"torch-tensorrt is not installed: pip install 'streamloc\[tensorrt\]' "
                                            "next to a CUDA build of torch"):
         create_backend("tensorrt", models["noprior"], device="cuda")
+
+
+BF16_ATOL = 0.05  # bf16 keeps 8 mantissa bits: ~0.4 % per operation on values in [-1, 1]
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+@pytest.mark.parametrize("method", ["noprior", "ezvsl"])
+def test_eager_bf16_cpu_matches_fp32(method, models):
+    model = models[method]
+    inputs = _inputs(model, 2, seed=3)
+    reference = EagerBackend(model)(*inputs)
+    outputs = EagerBackend(model, precision="bf16")(*inputs)
+    diffs = _max_diffs(outputs, reference)
+    assert max(diffs) < BF16_ATOL, diffs
+    assert max(diffs) > 0  # it really ran in bf16
+
+
+def test_eager_precision_checks(models, monkeypatch):
+    with pytest.raises(BackendError, match="fp16 autocast is only supported on CUDA"):
+        EagerBackend(models["noprior"], precision="fp16")
+    monkeypatch.setattr(eager_backend, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(BackendError, match="no native bfloat16"):
+        EagerBackend(models["noprior"], precision="bf16")
 
 
 def test_cpu_only_options_are_checked(models):
