@@ -39,7 +39,7 @@ def sources(tmp_path_factory):
 
 def tiny_config(**kw) -> R.RecipeConfig:
     base = dict(train_scenes={"solo": 6, "duet": 4, "grid": 4, "free": 6}, val_scenes=2, test_scenes=3,
-                steps=3, eval_every=2, batch_size=8, osc_warmup_steps=1)
+                steps=3, eval_every=2, batch_size=8, osc_warmup_steps=1, osc_weight=0.5)
     base.update(kw)
     return R.RecipeConfig(**base)
 
@@ -96,7 +96,7 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
         assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
         if m == "noprior":  # L_osc is off during the warm-up step, on afterwards
             assert log[0]["loss"] == pytest.approx(log[0]["avc"])
-            assert log[2]["loss"] == pytest.approx(log[2]["avc"] + log[2]["osc"])
+            assert log[2]["loss"] == pytest.approx(log[2]["avc"] + 0.5 * log[2]["osc"])
         meta = read_metadata(tmp_path / m / "model.safetensors")
         assert meta["provenance"]["best_step"] == res["best_step"]
         model = load_checkpoint(tmp_path / m / "model.safetensors")
