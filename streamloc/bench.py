@@ -709,7 +709,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, default_out: str | os.Path
     """The ``streamloc bench`` options."""
     parser.add_argument("--backend", action="append", dest="backends", metavar="NAME[:PRECISION]",
                         help="backend to measure, repeatable: eager, compile, onnx, tensorrt, with :fp16/:bf16 "
-                             "on CUDA (default: every backend available on the device)")
+                             "on CUDA (eager:bf16 also on CPUs with native bf16; default: every backend "
+                             "available on the device)")
     parser.add_argument("--ticks", type=int, default=1000, help="timed calls per backend (default 1000)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls per backend first (default 20)")
     parser.add_argument("--round", type=int, default=10, help="calls per backend per interleaved round (default 10)")

