@@ -3,6 +3,7 @@
     python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo   # scenes -> cached features
     python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior
     python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl
+    python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo                 # IOI stop threshold on val
     python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out REPORT_DIR
     python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out REPORT_DIR  # -> package assets
 
@@ -374,6 +375,32 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
     return info
 
 
+IOI_EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def tune_ioi(work: Path, cfg: RecipeConfig, cache: Path | None = None, sources: tuple | None = None) -> dict:
+    """Choose the IOI stop threshold (``ioi_eps``, official 0.1) of the trained NoPrior model on the
+    **val** scenes (same score as model selection) and store it in its checkpoint's config."""
+    from streamloc.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+
+    path = work / "noprior" / "model.safetensors"
+    model = load_checkpoint(path).eval()
+    val, meta = _load_cache(work, "val")
+    pool, backgrounds, _ = _sources(cache, False, sources)
+    truths = [scene_truth(compose(pool, backgrounds, m["protocol"], "val", m["index"], cfg.seed)) for m in meta]
+    scores = {}
+    with CachedFeatureModel(model, bf16_audio=False):
+        for eps in IOI_EPS_GRID:
+            model.config.ioi_eps = eps
+            scores[str(eps)] = val_score(model, val, meta, truths)
+    best = max(IOI_EPS_GRID, key=lambda e: scores[str(e)][0])
+    model.config.ioi_eps = best
+    provenance = dict(read_metadata(path)["provenance"])
+    provenance["ioi_eps_chosen_on_val"] = {"chosen": best, "scores": {k: v[1] for k, v in scores.items()}}
+    save_checkpoint(model, path, provenance=provenance, dtype=torch.float16)
+    return {"ioi_eps": best, "val": {k: round(v[0], 4) for k, v in scores.items()}}
+
+
 # ------------------------------------------------------------------------------------------------
 # evaluation through the full models
 
@@ -619,7 +646,7 @@ def _sha256_file(path: Path) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training.recipes.avpairs_demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("prepare", "train", "evaluate", "ship"))
+    ap.add_argument("command", choices=("prepare", "train", "tune-ioi", "evaluate", "ship"))
     ap.add_argument("--work", type=Path, required=True, help="working folder (cached features, checkpoints)")
     ap.add_argument("--method", choices=METHODS, help="train: which model")
     ap.add_argument("--out", type=Path, help="evaluate / ship: report folder (default WORK/report)")
@@ -646,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.method:
             raise SystemExit("error: train needs --method")
         info = train(args.work, args.method, cfg, args.cache, progress)
+    elif args.command == "tune-ioi":
+        info = tune_ioi(args.work, cfg, args.cache)
     elif args.command == "ship":
         info = ship(args.work, args.out or args.work / "report", args.assets)
     else:
