@@ -22,9 +22,9 @@ Recipe (one for both methods, so the comparison is about the method):
   scratch on the 3-s 22.05-kHz log spectrogram (the NoPrior front-end). The frozen backbone lets
   the recipe cache its features once (``prepare``), which is what makes a CPU run fit in minutes.
 * **Training** — each method's own loss (:mod:`training.methods`): NoPrior L_avc + L_osc with
-  the official trimap / IOI constants (L_osc switched on after ``osc_warmup_steps`` with weight ``osc_weight``), EZ-VSL's
-  multiple-instance contrastive loss; Adam, the
-  same learning rate, batch size and number of steps for both; the audio encoder runs under
+  the official trimap / IOI constants (L_osc switched on after ``osc_warmup_steps`` with weight
+  ``osc_weight``), EZ-VSL's multiple-instance contrastive loss; Adam, the same learning rate,
+  batch size and number of steps for both; the audio encoder runs under
   bfloat16 autocast on the CPU (about 3× faster here), the heads and losses in float32. Every
   ``eval_every`` steps the model is scored on the val scenes (:func:`val_score`: mean cIoU over
   every sounding source under the best of a few binarisation rules) and the best state is kept.
