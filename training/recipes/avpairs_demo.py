@@ -3,7 +3,7 @@
     python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo   # scenes -> cached features
     python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior
     python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl
-    python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo                 # IOI stop threshold on val
+    python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo                 # IOI settings on val
     python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out REPORT_DIR
     python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out REPORT_DIR  # -> package assets
 
@@ -274,36 +274,61 @@ def cached_outputs(model, feats: torch.Tensor, specs: torch.Tensor) -> list[dict
 SELECTION_RULES = (None, 0.3, 0.5, 0.7)  # None: the papers' >= median rule; t: minmax(map) >= t
 
 
-def val_score(model, val: dict[str, torch.Tensor], val_meta: list[dict], truths: list) -> tuple[float, dict]:
-    """Model-selection score on the val scenes: the mean cIoU over every sounding source (maps
-    matched to sources as the ``streamloc`` protocol does, Hungarian on cIoU), under the best of
-    :data:`SELECTION_RULES`. Taking the best binarisation rule keeps the choice of checkpoint
-    independent of one rule that suits one method's maps (IOI/OSC's distance maps have a flat
-    background that the median rule cuts through); the final threshold is chosen again on val by
-    :func:`choose_thresholds`."""
+def val_outputs(model, val: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
+    """Per-item outputs of a model (inside :class:`CachedFeatureModel`) on the cached val split."""
+    model.eval()
+    outs: list[dict[str, np.ndarray]] = []
+    for start in range(0, val["features"].shape[0], 64):
+        outs += cached_outputs(model, val["features"][start:start + 64].float(),
+                               val["spectrograms"][start:start + 64].float())
+    return outs
+
+
+def score_maps(maps: Sequence[list[np.ndarray]], truths: list) -> dict[str, Any]:
+    """Val metrics of per-item map lists under every rule of :data:`SELECTION_RULES`: the mean
+    cIoU over every sounding source (maps matched to sources as the ``streamloc`` protocol does,
+    Hungarian on cIoU), CIoU@0.3 over the sources of multi-source scenes, the silent-object
+    suppression (fraction of each silent object left uncovered by the union of the binarised
+    maps) and the counting accuracy."""
     import cv2
 
-    from training.metrics import binarize_median_ge, ciou, minmax, optimal_match
+    from training.metrics import binarize_median_ge, ciou, minmax, optimal_match, silent_suppression
 
-    per_rule: dict[str, list[float]] = {str(r): [] for r in SELECTION_RULES}
+    rules = {str(r): {"ciou": [], "multi": [], "silent": []} for r in SELECTION_RULES}
     counts_ok = []
-    model.eval()
-    for start in range(0, len(val_meta), 64):
-        f = val["features"][start:start + 64].float()
-        s = val["spectrograms"][start:start + 64].float()
-        for k, out in enumerate(cached_outputs(model, f, s)):
-            gt = truths[start + k]
-            ups = [cv2.resize(m, (GT_SIZE, GT_SIZE), interpolation=cv2.INTER_LINEAR) for m in predict_maps(model, out)]
-            counts_ok.append(len(ups) == gt.num_sources)
-            for rule in SELECTION_RULES:
-                bins = [binarize_median_ge(u) if rule is None else minmax(u) >= rule for u in ups]
-                c = np.nan_to_num(np.array([[ciou(b, g) for g in gt.masks] for b in bins]).reshape(len(bins), len(gt.masks)))
-                src = [0.0] * len(gt.masks)
-                for m, j in optimal_match(c):
-                    src[j] = float(c[m, j])
-                per_rule[str(rule)].extend(src)
-    means = {r: float(np.mean(v)) for r, v in per_rule.items()}
-    return max(means.values()), {"mean_ciou_by_rule": means, "counting_accuracy": float(np.mean(counts_ok))}
+    for item_maps, gt in zip(maps, truths):
+        ups = [cv2.resize(m, (GT_SIZE, GT_SIZE), interpolation=cv2.INTER_LINEAR) for m in item_maps]
+        counts_ok.append(len(ups) == gt.num_sources)
+        for rule in SELECTION_RULES:
+            acc = rules[str(rule)]
+            bins = [binarize_median_ge(u) if rule is None else minmax(u) >= rule for u in ups]
+            c = np.nan_to_num(np.array([[ciou(b, g) for g in gt.masks] for b in bins]).reshape(len(bins), len(gt.masks)))
+            src = [0.0] * len(gt.masks)
+            for m, j in optimal_match(c):
+                src[j] = float(c[m, j])
+            acc["ciou"].extend(src)
+            if gt.num_sources >= 2:
+                acc["multi"].extend(v >= 0.3 for v in src)
+            if gt.silent_masks:
+                union = np.max(np.stack(bins), axis=0) if bins else np.zeros((GT_SIZE, GT_SIZE), bool)
+                acc["silent"].extend(silent_suppression(union, gt.silent_masks))
+    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    return {
+        "mean_ciou_by_rule": {r: mean(a["ciou"]) for r, a in rules.items()},
+        "multi_ciou@0.3_by_rule": {r: mean(a["multi"]) for r, a in rules.items()},
+        "silent_suppression_by_rule": {r: mean(a["silent"]) for r, a in rules.items()},
+        "counting_accuracy": mean(counts_ok),
+    }
+
+
+def val_score(model, val: dict[str, torch.Tensor], val_meta: list[dict], truths: list) -> tuple[float, dict]:
+    """Model-selection score on the val scenes: the mean cIoU over every sounding source under the
+    best of :data:`SELECTION_RULES` (:func:`score_maps` gives the rest, logged). Taking the best
+    binarisation rule keeps the choice of checkpoint independent of one rule that suits one
+    method's maps (IOI/OSC's distance maps have a flat background that the median rule cuts
+    through); the final threshold is chosen again on val by :func:`choose_thresholds`."""
+    parts = score_maps([predict_maps(model, o) for o in val_outputs(model, val)], truths)
+    return max(parts["mean_ciou_by_rule"].values()), parts
 
 
 def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = None, progress: bool = True,
@@ -375,30 +400,60 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
     return info
 
 
-IOI_EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+#: The IOI settings searched by :func:`tune_ioi` (official defaults: official rule, 0.1, 0.7, 0.6).
+IOI_GRID = {
+    "ioi_rule": ("official", "paper"),
+    "ioi_eps": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    "tau1": (0.5, 0.7, 0.9),
+    "tau2": (0.4, 0.6, 0.8),
+}
 
 
-def tune_ioi(work: Path, cfg: RecipeConfig, cache: Path | None = None, sources: tuple | None = None) -> dict:
-    """Choose the IOI stop threshold (``ioi_eps``, official 0.1) of the trained NoPrior model on the
-    **val** scenes (same score as model selection) and store it in its checkpoint's config."""
+def ioi_objective(parts: dict) -> tuple[float, str]:
+    """The val objective of :func:`tune_ioi`: mean source cIoU × mean silent-object suppression under
+    the same binarisation rule, best rule. A product, so that neither reporting nothing (cIoU 0)
+    nor covering everything (suppression 0) can win."""
+    per = {r: parts["mean_ciou_by_rule"][r] * parts["silent_suppression_by_rule"][r]
+           for r in parts["mean_ciou_by_rule"]}
+    rule = max(per, key=per.get)
+    return per[rule], rule
+
+
+def tune_ioi(work: Path, cfg: RecipeConfig, cache: Path | None = None, sources: tuple | None = None,
+             grid: dict[str, Sequence] | None = None) -> dict:
+    """Choose the IOI settings (rule, stop threshold ``ioi_eps``, ``tau1``, ``tau2``) of the trained
+    NoPrior model on the **val** scenes by :func:`ioi_objective`, and store them in its checkpoint's
+    config. The network outputs are computed once; only the IOI step is repeated."""
+    import itertools
+
     from streamloc.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
+    grid = grid or IOI_GRID
     path = work / "noprior" / "model.safetensors"
     model = load_checkpoint(path).eval()
     val, meta = _load_cache(work, "val")
     pool, backgrounds, _ = _sources(cache, False, sources)
     truths = [scene_truth(compose(pool, backgrounds, m["protocol"], "val", m["index"], cfg.seed)) for m in meta]
-    scores = {}
     with CachedFeatureModel(model, bf16_audio=False):
-        for eps in IOI_EPS_GRID:
-            model.config.ioi_eps = eps
-            scores[str(eps)] = val_score(model, val, meta, truths)
-    best = max(IOI_EPS_GRID, key=lambda e: scores[str(e)][0])
-    model.config.ioi_eps = best
+        outputs = val_outputs(model, val)
+    keys = list(grid)
+    table = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        for k, v in zip(keys, values):
+            setattr(model.config, k, v)
+        parts = score_maps([predict_maps(model, o) for o in outputs], truths)
+        objective, rule = ioi_objective(parts)
+        table.append({**dict(zip(keys, values)), "objective": objective, "rule": rule, **parts})
+    best = max(table, key=lambda r: r["objective"])
+    for k in keys:
+        setattr(model.config, k, best[k])
     provenance = dict(read_metadata(path)["provenance"])
-    provenance["ioi_eps_chosen_on_val"] = {"chosen": best, "scores": {k: v[1] for k, v in scores.items()}}
+    provenance["ioi_chosen_on_val"] = {k: best[k] for k in (*keys, "objective", "rule")}
     save_checkpoint(model, path, provenance=provenance, dtype=torch.float16)
-    return {"ioi_eps": best, "val": {k: round(v[0], 4) for k, v in scores.items()}}
+    (work / "noprior" / "tune_ioi.json").write_text(json.dumps(table, indent=1) + "\n")
+    return {"chosen": {k: best[k] for k in (*keys, "objective", "rule")}, "val": {k: best[k] for k in (
+        "mean_ciou_by_rule", "multi_ciou@0.3_by_rule", "silent_suppression_by_rule", "counting_accuracy")},
+        "configs_tried": len(table)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -623,6 +678,7 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
         "python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior --threads 2",
         "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl --threads 2",
+        "python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
         "python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
         "```", "",
@@ -654,6 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ship: where the checkpoint and its model card go (default the package assets)")
     ap.add_argument("--cache", type=Path, default=None, help="streamloc cache with the fetched packages")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a RecipeConfig field (JSON value), e.g. --set osc_warmup_steps=900")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -666,6 +724,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RecipeConfig()
     if args.steps:
         cfg.steps = args.steps
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in RecipeConfig.__dataclass_fields__ or not value:
+            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{sorted(RecipeConfig.__dataclass_fields__)}")
+        setattr(cfg, key, json.loads(value))
     progress = not args.no_progress
     if args.command == "prepare":
         info = prepare(args.work, cfg, args.cache, progress)

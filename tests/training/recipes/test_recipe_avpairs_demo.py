@@ -115,6 +115,15 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     for f in ("report.json", "summary.md", "comparison_median_rule.png", "counting_confusion_free.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
     assert (tmp_path / "report" / "evaluator" / "noprior" / "grid" / "report.json").exists()
+    small = {"ioi_rule": ("official", "paper"), "ioi_eps": (0.1, 0.5), "tau1": (0.7,), "tau2": (0.6, 0.8)}
+    tuned = R.tune_ioi(tmp_path, cfg, sources=sources, grid=small)
+    assert tuned["configs_tried"] == 8
+    table = json.loads((tmp_path / "noprior" / "tune_ioi.json").read_text())
+    assert max(r["objective"] for r in table) == tuned["chosen"]["objective"]
+    model = load_checkpoint(tmp_path / "noprior" / "model.safetensors")
+    for k in small:
+        assert getattr(model.config, k) == tuned["chosen"][k]
+    assert read_metadata(tmp_path / "noprior" / "model.safetensors")["provenance"]["ioi_chosen_on_val"] == tuned["chosen"]
     shipped = R.ship(tmp_path, tmp_path / "report", tmp_path / "assets")
     assert load_checkpoint(shipped["checkpoint"]).method == "noprior"
     card = (tmp_path / "assets" / "noprior_avpairs.md").read_text()
@@ -124,3 +133,30 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
 def test_missing_cache_is_a_clear_error(tmp_path, sources):
     with pytest.raises(FileNotFoundError, match="run `python -m training.recipes.avpairs_demo prepare"):
         R.train(tmp_path, "noprior", tiny_config(), progress=False, sources=sources)
+
+
+@pytest.mark.parametrize("rule", R.SELECTION_RULES)
+def test_score_maps_agrees_with_the_evaluator(sources, rule):
+    """The val scores used for model selection and IOI tuning are the ``streamloc`` protocol's
+    numbers (the Evaluator is tested against literal transcriptions in tests/training)."""
+    from training.metrics import Evaluator
+
+    pool, bgs, _ = sources
+    rng = np.random.default_rng(3)
+    scenes = [R.compose(pool, bgs, p, "val", i, 0) for p in ("solo", "duet", "grid", "free") for i in range(3)]
+    truths = [R.scene_truth(s) for s in scenes]
+    maps = [[rng.random((7, 7)).astype(np.float32) for _ in range(rng.integers(0, 4))] for _ in scenes]
+    maps[0] = [cv2.resize(truths[0].masks[0], (7, 7), interpolation=cv2.INTER_AREA)]  # one good map
+    got = R.score_maps(maps, truths)
+    ev = Evaluator("streamloc", size=R.GT_SIZE, threshold=rule)
+    multi = Evaluator("streamloc", size=R.GT_SIZE, threshold=rule)
+    for m, gt in zip(maps, truths):
+        ev.add(m, gt)
+        if gt.num_sources >= 2:
+            multi.add(m, gt)
+    want = ev.summary()
+    assert got["mean_ciou_by_rule"][str(rule)] == pytest.approx(want["mean_ciou"], abs=1e-9)
+    assert got["silent_suppression_by_rule"][str(rule)] == pytest.approx(want["silent_suppression"], abs=1e-9)
+    assert got["multi_ciou@0.3_by_rule"][str(rule)] == pytest.approx(multi.summary()["ciou@0.3"], abs=1e-9)
+    assert got["counting_accuracy"] == pytest.approx(want["counting_accuracy"])
+    assert got["mean_ciou_by_rule"][str(rule)] > 0  # the good map scores
