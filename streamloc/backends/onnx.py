@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import logging
 import os
@@ -33,11 +34,13 @@ import numpy as np
 import torch
 
 from streamloc.backends.cache import Artifact, StaticShapes, model_hash
+from streamloc.backends.quantize import QUANTIZER
 from streamloc.errors import BackendError
 
-__all__ = ["OnnxBackend", "export_onnx", "default_opset", "INPUT_NAMES"]
+__all__ = ["OnnxBackend", "export_onnx", "default_opset", "INPUT_NAMES", "PRECISIONS"]
 
 INPUT_NAMES = ("images", "spectrograms")
+PRECISIONS = ("fp32", "int8")
 _GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -122,6 +125,23 @@ def export_onnx(model, path: str | os.PathLike, *, batch: int = 1, opset: int | 
     return path
 
 
+def _calibration_key(calibration) -> str:
+    """Cache-key part naming the calibration data: the bundled clip's hash, or the inputs' hash."""
+    from streamloc.backends.quantize import calibration_hash
+
+    if calibration is not None:
+        return "inputs:" + calibration_hash(calibration)
+    from importlib import resources
+
+    from streamloc.demo import BUNDLED_CLIP, bundled_asset
+
+    with resources.as_file(bundled_asset(BUNDLED_CLIP)) as clip:
+        if not clip.is_file():
+            raise BackendError(f"the bundled calibration clip {clip} is missing; pass calibration=[(images, "
+                               "spectrograms), ...] or reinstall streamloc")
+        return "bundled:" + hashlib.sha256(clip.read_bytes()).hexdigest()
+
+
 class OnnxBackend:
     """Runs ``model`` through ONNX Runtime with the static batch ``batch``.
 
@@ -136,21 +156,31 @@ class OnnxBackend:
         graph_optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
         cache_dir: cache root instead of ``$STREAMLOC_CACHE`` / ``~/.cache/streamloc``.
         rebuild: export again even when a valid cached file exists.
+        precision: ``"fp32"`` or ``"int8"`` (CPU only: post-training static quantization of the
+            convolutions, see :mod:`streamloc.backends.quantize`; outputs stay float32).
+        calibration: int8 only -- calibration inputs, a list of ``(images, spectrograms)`` pairs
+            with batch 1 (default: :func:`~streamloc.backends.quantize.calibration_windows` of the
+            bundled demo clip).
 
     Attributes: ``path`` (the .onnx file), ``exported`` (True when this construction exported it,
-    False when it came from the cache), ``providers`` (as the session reports them).
+    False when it came from the cache), ``providers`` (as the session reports them),
+    ``quantization`` (int8: the accuracy guard's report, see
+    :func:`~streamloc.backends.quantize.quantize_onnx`).
     """
 
     name = "onnx"
 
     def __init__(self, model, *, device: str | torch.device = "cpu", batch: int = 1, threads: int | None = None,
                  opset: int | None = None, graph_optimization: str = "all",
-                 cache_dir: str | os.PathLike | None = None, rebuild: bool = False, precision: str = "fp32"):
+                 cache_dir: str | os.PathLike | None = None, rebuild: bool = False, precision: str = "fp32",
+                 calibration=None):
         ort = _import_onnx_stack()
         import onnxscript
 
-        if precision != "fp32":
-            raise BackendError(f"the onnx backend runs fp32 only, got precision={precision!r}")
+        if precision not in PRECISIONS:
+            raise BackendError(f"the onnx backend runs {' or '.join(PRECISIONS)}, got precision={precision!r}")
+        if precision == "fp32" and calibration is not None:
+            raise BackendError("calibration data is for precision='int8' only")
         if graph_optimization not in _GRAPH_LEVELS:
             raise BackendError(f"graph_optimization must be one of {_GRAPH_LEVELS}, got {graph_optimization!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 0):
@@ -165,6 +195,9 @@ class OnnxBackend:
                 raise BackendError("onnxruntime has no CUDAExecutionProvider here "
                                    f"(available: {ort.get_available_providers()}): pip install onnxruntime-gpu "
                                    "matching your CUDA version, or use device='cpu'")
+            if precision == "int8":
+                raise BackendError("onnx int8 runs on the CPU execution provider only; on a GPU use "
+                                   "backend 'tensorrt' (fp16) or onnx fp32")
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
         self.model = model
@@ -182,6 +215,13 @@ class OnnxBackend:
             "shapes": self.shapes.as_dict(),
             "outputs": list(self.output_names),
         }
+        self.precision = precision
+        self._calibration = calibration
+        if precision == "int8":
+            import onnxruntime
+
+            parts.update(precision="int8", onnxruntime=onnxruntime.__version__, quantizer=QUANTIZER,
+                         calibration=_calibration_key(calibration))
         self.artifact = Artifact("onnx", parts, ".onnx", root=cache_dir)
         self.path = self.artifact.path
 
@@ -197,6 +237,8 @@ class OnnxBackend:
             self._export()
             self.session = self._session(ort, threads, graph_optimization)
         self.providers = tuple(self.session.get_providers())
+        #: int8: what the accuracy guard did (float modules kept, output agreement), else None
+        self.quantization = (self.artifact.metadata() or {}).get("quantization") if precision == "int8" else None
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs != list(self.output_names):
             raise BackendError(f"{self.path} has outputs {outputs}, expected {list(self.output_names)}; "
@@ -209,7 +251,25 @@ class OnnxBackend:
     # -- build --------------------------------------------------------------------------------
     def _export(self) -> None:
         self.artifact.invalidate()
-        self.artifact.write(lambda tmp: export_onnx(self.model, tmp, batch=self.batch, opset=self.opset))
+        if self.precision == "int8":
+            from streamloc.backends.quantize import calibration_windows, quantize_onnx
+
+            windows = self._calibration if self._calibration is not None else calibration_windows(self.model)
+
+            report: dict = {}
+
+            def build(tmp: Path) -> None:
+                fp32 = tmp.with_name(tmp.stem + ".fp32.onnx")
+                try:
+                    export_onnx(self.model, fp32, batch=self.batch, opset=self.opset)
+                    report.update(quantize_onnx(fp32, tmp, windows, batch=self.batch, input_names=INPUT_NAMES,
+                                                min_agreement=QUANTIZER["min_agreement"]))
+                finally:
+                    fp32.unlink(missing_ok=True)
+
+            self.artifact.write(build, extra={"quantization": report})
+        else:
+            self.artifact.write(lambda tmp: export_onnx(self.model, tmp, batch=self.batch, opset=self.opset))
         self.exported = True
 
     def _session(self, ort, threads, graph_optimization):
@@ -270,5 +330,5 @@ class OnnxBackend:
         self.model = None
 
     def __repr__(self) -> str:
-        return (f"OnnxBackend(path={str(self.path)!r}, batch={self.batch}, opset={self.opset}, "
+        return (f"OnnxBackend(path={str(self.path)!r}, precision={self.precision!r}, batch={self.batch}, opset={self.opset}, "
                 f"providers={list(getattr(self, 'providers', ()))})")
