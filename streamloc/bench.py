@@ -18,7 +18,8 @@ default: every backend available on the device) one run measures
 4. **multi-stream throughput**: for N = ``--streams`` (default 1, 2, 4, 8) sources, each backend
    built for the static batch N runs N windows as one encoder call (``Localizer.localize_batch``);
    windows/s for the encoder alone and end to end, and the baseline doing N windows one by one;
-5. the encoder pair's FLOPs and the device's peak fp32 GEMM rate → the "FLOP limit" latency.
+5. the encoder pair's FLOPs and the device's peak fp32 GEMM rate → the "FLOP limit" latency
+   (and, when an int8 backend runs, the same FLOPs at the peak int8 GEMM rate).
 
 Latencies are p50/p90/p99/max/mean and jitter (standard deviation) in ms over ``--ticks`` timed
 calls after ``--warmup`` untimed ones, the backends interleaved in rounds of ``--round`` calls so
@@ -63,6 +64,7 @@ __all__ = [
     "make_scene",
     "count_flops",
     "peak_gemm_flops",
+    "peak_int8_gemm_ops",
     "interleaved",
     "run_benchmark",
     "format_report",
@@ -72,7 +74,7 @@ __all__ = [
 
 FRAME_HW = (480, 640)
 AUDIO_RATE = 48000
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 REPORT_KEYS = (
     "benchmark", "config", "environment", "device", "input_sha256", "model_hash", "flops", "build_seconds",
     "skipped", "equivalence_max_abs_vs_eager", "encoder_ms", "end_to_end_ms", "throughput", "ratios",
@@ -112,7 +114,7 @@ def default_backend_specs(device: str = "cpu") -> list[tuple[str, str]]:
         specs.append(("compile", "fp32"))
     if backend_unavailable_reason("onnx") is None:
         if not on_cuda:
-            specs.append(("onnx", "fp32"))
+            specs += [("onnx", "fp32"), ("onnx", "int8")]
         else:
             import onnxruntime
 
@@ -293,6 +295,41 @@ def _ort_matmul(n: int, threads: int):
     return lambda a, b: sess.run(None, {"A": a, "B": b})
 
 
+def _ort_matmul_int8(n: int, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]),
+              helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])]
+    out = [helper.make_tensor_value_info("C", TensorProto.INT32, [n, n])]
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["C"])], "mmi", inputs, out)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda a, b: sess.run(None, {"A": a, "B": b})
+
+
+def peak_int8_gemm_ops(threads: int, sizes=(1024, 2048), repeats: int = 5) -> dict:
+    """Best uint8 x int8 -> int32 square-GEMM rate (ops/s, multiply + add counted as 2) of ONNX
+    Runtime's MatMulInteger (MLAS, the kernels its quantized convolutions use) on the CPU."""
+    rates = {}
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+        b = rng.integers(-128, 128, (n, n), dtype=np.int8)
+        fn = _ort_matmul_int8(n, threads)
+        fn(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(a, b)
+            best = min(best, time.perf_counter() - t0)
+        rates[str(n)] = 2.0 * n**3 / best
+    n = max(rates, key=rates.get)
+    return {"ops_per_s": rates[n], "impl": "onnxruntime.MatMulInteger", "size": int(n), "by_size": rates}
+
+
 def peak_gemm_flops(threads: int, device="cpu", sizes=(1024, 2048), repeats: int = 5) -> dict:
     """Best fp32 square-GEMM rate (FLOP/s). CPU: the best of torch.matmul (MKL), numpy (OpenBLAS)
     and ONNX Runtime's MatMul (MLAS) at ``threads`` threads -- on AMD CPUs MKL can run well below
@@ -419,7 +456,9 @@ def _resolve(cfg: BenchConfig):
     skipped: dict[str, str] = {}
     for name, precision in list(specs):
         reason = backend_unavailable_reason(name)
-        if reason is None and precision != "fp32" and device.type != "cuda":
+        if reason is None and precision == "int8" and (name != "onnx" or device.type == "cuda"):
+            reason = "int8 is an onnx precision on the CPU (ONNX Runtime static quantization)"
+        elif reason is None and precision != "fp32" and device.type != "cuda":
             from streamloc.backends.eager import cpu_has_native_bf16
 
             if not (name == "eager" and precision == "bf16" and cpu_has_native_bf16()):
@@ -566,7 +605,8 @@ class _Run:
         return out
 
 
-def _ratios(encoder_ms: dict, end_to_end: dict, throughput: dict, flop_limit_ms: float | None) -> dict:
+def _ratios(encoder_ms: dict, end_to_end: dict, throughput: dict, flop_limit_ms: float | None,
+            int8_limit_ms: float | None = None) -> dict:
     ratios: dict[str, dict] = {}
     if "eager:fp32" in encoder_ms:
         ratios["encoder_speedup_vs_eager_fp32_p50"] = {
@@ -583,6 +623,9 @@ def _ratios(encoder_ms: dict, end_to_end: dict, throughput: dict, flop_limit_ms:
     if flop_limit_ms:
         ratios["e2e_p50_over_flop_limit"] = {k: v["wall_ms"]["p50"] / flop_limit_ms for k, v in end_to_end.items()}
         ratios["encoder_p50_over_flop_limit"] = {k: v["p50"] / flop_limit_ms for k, v in encoder_ms.items()}
+    if int8_limit_ms:  # the int8 backends against the int8 GEMM rate too (stricter: depthwise/heads stay float)
+        ratios["e2e_p50_over_int8_flop_limit"] = {
+            k: v["wall_ms"]["p50"] / int8_limit_ms for k, v in end_to_end.items() if k.endswith(":int8")}
     return ratios
 
 
@@ -623,6 +666,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
                           "flop_limit_ms_torch_matmul_peak": flops_b1 / peak["torch_matmul_flops_per_s"] * 1e3})
             log(f"encoder pair {flops_b1 / 1e9:.2f} GFLOP; peak GEMM {peak['flops_per_s'] / 1e9:.1f} GFLOP/s "
                 f"({peak['impl']}); FLOP limit {flop_limit_ms:.2f} ms")
+            if device.type == "cpu" and any(p == "int8" for _, p in specs):
+                peak8 = peak_int8_gemm_ops(threads)
+                flops.update({"peak_gemm_int8": peak8, "flop_limit_ms_int8": flops_b1 / peak8["ops_per_s"] * 1e3})
+                log(f"peak int8 GEMM {peak8['ops_per_s'] / 1e9:.1f} Gop/s; int8 limit "
+                    f"{flops['flop_limit_ms_int8']:.2f} ms (every FLOP at the int8 rate)")
         try:
             for name, precision in specs:
                 label = _label(name, precision)
@@ -670,7 +718,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
         "encoder_ms": encoder_ms,
         "end_to_end_ms": end_to_end,
         "throughput": throughput,
-        "ratios": _ratios(encoder_ms, end_to_end, throughput, flop_limit_ms),
+        "ratios": _ratios(encoder_ms, end_to_end, throughput, flop_limit_ms, flops.get("flop_limit_ms_int8")),
     }
 
 

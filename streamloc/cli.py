@@ -164,7 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = load_model(args.model, image_size=args.image_size)
     device = args.device or ("cuda" if args.format == "tensorrt" else "cpu")
     report = export_model(model, args.out, format=args.format, precision=args.precision, batch=args.batch,
-                          device=device, opset=args.opset, atol=args.atol)
+                          device=device, opset=args.opset, atol=args.atol, calibration_clip=args.calibration)
     print(report.summary())
     return 0
 
@@ -239,13 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
     p.add_argument("model", metavar="MODEL", help="streamloc checkpoint (.safetensors) or model name (untrained)")
     p.add_argument("out", metavar="OUT", help="output file (.onnx, or .ep for tensorrt)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="fp32 (default); fp16 for tensorrt (for ONNX build fp16 engines from the fp32 file)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="fp32 (default); fp16 for tensorrt (for ONNX build fp16 engines from the fp32 file); "
+                        "int8 for onnx (CPU runtimes: static quantization with an accuracy guard)")
+    p.add_argument("--calibration", metavar="CLIP",
+                   help="int8: A/V file whose windows calibrate the activation ranges (default the bundled demo clip)")
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--image-size", type=int, help="input picture size S (S x S; default the model's)")
     p.add_argument("--device", help="cpu (onnx default) or cuda (tensorrt; onnx: check with the CUDA provider)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's native one)")
-    p.add_argument("--atol", type=float, help="largest accepted difference to eager fp32 (default 1e-3 fp32, 5e-2 fp16)")
+    p.add_argument("--atol", type=float, help="largest accepted difference to eager fp32 (default 1e-3 fp32, 5e-2 fp16 and int8)")
     p.set_defaults(func=_cmd_export)
 
     from streamloc.bench import add_arguments as add_bench_arguments

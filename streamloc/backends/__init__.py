@@ -7,7 +7,7 @@ numpy. Backends:
 * ``eager`` -- PyTorch as is (always available; fp16/bf16 autocast on CUDA).
 * ``compile`` -- ``torch.compile`` / TorchInductor, static shapes, fp32 (CPU and CUDA).
 * ``onnx`` -- static-shape ONNX export (cached) run by ONNX Runtime (CPU, or CUDA with
-  ``onnxruntime-gpu``); extra ``streamloc[onnx]``.
+  ``onnxruntime-gpu``), fp32 or int8 (CPU, :mod:`streamloc.backends.quantize`); extra ``streamloc[onnx]``.
 * ``tensorrt`` -- ``torch.export`` → Torch-TensorRT engines (cached), fp32/fp16, CUDA only;
   extra ``streamloc[tensorrt]``.
 
@@ -101,8 +101,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--backend``, ``--precision`` and ``--backend-batch`` to a command-line parser."""
     parser.add_argument("--backend", choices=list(BACKENDS), default="eager",
                         help="inference backend for the encoder pair (default eager)")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                        help="backend precision (fp16 on CUDA; bf16 on CUDA and on CPUs with native bf16; default fp32)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
+                        help="backend precision (fp16 on CUDA; bf16 on CUDA and on CPUs with native bf16; "
+                             "int8 with --backend onnx on the CPU, calibrated on the bundled clip; default fp32)")
     parser.add_argument("--backend-batch", type=int, default=1,
                         help="static batch of the compile/onnx/tensorrt backends (default 1)")
 

@@ -47,7 +47,8 @@ __all__ = ["FORMATS", "DEFAULT_ATOL", "ExportReport", "load_model", "export_mode
 
 FORMATS = ("onnx", "tensorrt")
 # Outputs are cosine maps and unit-norm features in [-1, 1]: fp32 graphs match eager to ~1e-6.
-DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 5e-2}
+# int8 (ONNX, CPU) is checked on real windows of the calibration clip, not on random inputs.
+DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": 5e-2}
 
 
 @dataclasses.dataclass
@@ -146,7 +147,7 @@ def _metadata(model, *, fmt: str, precision: str, shapes: StaticShapes, extra: M
         "torch": torch.__version__,
         "provenance": json.dumps(checkpoint.get("provenance", {}), sort_keys=True),
     }
-    meta.update({k: str(v) for k, v in extra.items()})
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in extra.items()})
     return meta
 
 
@@ -163,7 +164,8 @@ def _max_diffs(names, outputs, reference) -> dict[str, float]:
     return out
 
 
-def _export_onnx(model, out: Path, *, batch: int, device: torch.device, opset: int | None):
+def _export_onnx(model, out: Path, *, batch: int, device: torch.device, opset: int | None,
+                 precision: str = "fp32", calibration_clip: str | os.PathLike | None = None):
     from streamloc.backends.onnx import INPUT_NAMES, _import_onnx_stack, default_opset, export_onnx
 
     ort = _import_onnx_stack()
@@ -174,19 +176,31 @@ def _export_onnx(model, out: Path, *, batch: int, device: torch.device, opset: i
     on_cpu = all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
     cpu_model = (model if on_cpu else copy.deepcopy(model).to("cpu")).eval()
     tmp = out.with_name(f".{out.name}.tmp")
+    tmp32 = out.with_name(f".{out.name}.fp32.tmp")
+    extra: dict[str, Any] = {"opset": opset, "checked_with": f"onnxruntime {ort.__version__}"}
+    windows = None
     try:
-        export_onnx(cpu_model, tmp, batch=batch, opset=opset)
+        if precision == "int8":
+            from streamloc.backends.quantize import QUANTIZER, calibration_windows, quantize_onnx
+
+            windows = calibration_windows(cpu_model, clip=calibration_clip)
+            export_onnx(cpu_model, tmp32, batch=batch, opset=opset)
+            q = quantize_onnx(tmp32, tmp, windows, batch=batch, input_names=INPUT_NAMES,
+                              min_agreement=QUANTIZER["min_agreement"])
+            extra.update(quantizer=QUANTIZER, quantization=q,
+                         calibration=str(calibration_clip) if calibration_clip else "bundled demo clip")
+        else:
+            export_onnx(cpu_model, tmp, batch=batch, opset=opset)
         proto = onnx.load(str(tmp))
-        meta = _metadata(cpu_model, fmt="onnx", precision="fp32", shapes=shapes,
-                         extra={"opset": opset, "checked_with": f"onnxruntime {ort.__version__}"})
+        meta = _metadata(cpu_model, fmt="onnx", precision=precision, shapes=shapes, extra=extra)
         del proto.metadata_props[:]
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.save(proto, str(tmp))
         os.replace(tmp, out)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for t in (tmp, tmp32):
+            t.unlink(missing_ok=True)
 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
@@ -199,7 +213,11 @@ def _export_onnx(model, out: Path, *, batch: int, device: torch.device, opset: i
     if [i.name for i in session.get_inputs()] != list(INPUT_NAMES) or names != list(model.output_names):
         raise BackendError(f"{out}: inputs/outputs are {[i.name for i in session.get_inputs()]} / {names}, expected "
                            f"{list(INPUT_NAMES)} / {list(model.output_names)}")
-    images, specs = _seeded_inputs(cpu_model, batch, torch.device("cpu"))
+    if windows is not None:  # int8: real windows (random inputs lie outside the calibrated ranges)
+        pick = [windows[i % len(windows)] for i in range(1, batch + 1)]
+        images, specs = (torch.cat([w[k] for w in pick]) for k in (0, 1))
+    else:
+        images, specs = _seeded_inputs(cpu_model, batch, torch.device("cpu"))
     outputs = session.run(None, {INPUT_NAMES[0]: images.numpy(), INPUT_NAMES[1]: specs.numpy()})
     with torch.inference_mode():
         reference = cpu_model(images, specs)
@@ -246,13 +264,16 @@ def _export_tensorrt(model, out: Path, *, batch: int, precision: str, device: to
 
 def export_model(model, out: str | os.PathLike, *, format: str = "onnx", precision: str = "fp32", batch: int = 1,
                  device: str | torch.device = "cpu", opset: int | None = None, atol: float | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> ExportReport:
+                 cache_dir: str | os.PathLike | None = None,
+                 calibration_clip: str | os.PathLike | None = None) -> ExportReport:
     """Export ``model`` to ``out`` as ``format`` (``"onnx"`` or ``"tensorrt"``) with static batch
     ``batch``, check it against eager fp32 and return an :class:`ExportReport`.
 
     Raises :class:`~streamloc.errors.BackendError` when the format cannot be produced here (missing
     package, no CUDA for TensorRT, unsupported precision) or the check exceeds ``atol`` (default
     ``DEFAULT_ATOL[precision]``), and :class:`~streamloc.errors.InputError` for bad arguments.
+    ``precision="int8"`` (ONNX only, for CPU runtimes): static int8 quantization calibrated on
+    ``calibration_clip`` (default: the bundled demo clip), see :mod:`streamloc.backends.quantize`.
 
     >>> export_model(None, "x.plan", format="plan")
     Traceback (most recent call last):
@@ -265,9 +286,13 @@ def export_model(model, out: str | os.PathLike, *, format: str = "onnx", precisi
         raise InputError(f"precision must be one of {', '.join(DEFAULT_ATOL)}, got {precision!r}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch!r}")
-    if format == "onnx" and precision != "fp32":
-        raise BackendError("ONNX export is fp32 only; build an fp16 engine from it (trtexec --onnx=OUT --fp16) "
-                           "or use --format tensorrt --precision fp16")
+    if format == "onnx" and precision not in ("fp32", "int8"):
+        raise BackendError("ONNX export is fp32 or int8; build an fp16 engine from the fp32 file (trtexec "
+                           "--onnx=OUT --fp16) or use --format tensorrt --precision fp16")
+    if format == "tensorrt" and precision == "int8":
+        raise BackendError("TensorRT export is fp32 or fp16 here; int8 is --format onnx (CPU runtimes)")
+    if calibration_clip is not None and precision != "int8":
+        raise InputError("--calibration is for --precision int8 only")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available() and format == "onnx":
         raise BackendError("--device cuda requested but CUDA is not available; use --device cpu")
@@ -277,7 +302,8 @@ def export_model(model, out: str | os.PathLike, *, format: str = "onnx", precisi
     atol = DEFAULT_ATOL[precision] if atol is None else float(atol)
     t0 = time.perf_counter()
     if format == "onnx":
-        shapes, meta, diffs, runtime, inputs = _export_onnx(model, out, batch=batch, device=device, opset=opset)
+        shapes, meta, diffs, runtime, inputs = _export_onnx(model, out, batch=batch, device=device, opset=opset,
+                                                            precision=precision, calibration_clip=calibration_clip)
     else:
         shapes, meta, diffs, runtime, inputs = _export_tensorrt(model, out, batch=batch, precision=precision,
                                                                 device=device, cache_dir=cache_dir)

@@ -122,7 +122,9 @@ def test_cli_export_tensorrt_without_cuda_is_one_clear_line(extra, checkpoint, t
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--format", "onnx", "{ckpt}", "{tmp}/m.onnx", "--precision", "fp16"], "fp32 only.*trtexec"),
+    (["--format", "onnx", "{ckpt}", "{tmp}/m.onnx", "--precision", "fp16"], "fp32 or int8.*trtexec"),
+    (["--format", "tensorrt", "{ckpt}", "{tmp}/m.ep", "--precision", "int8"], "int8 is --format onnx"),
+    (["--format", "onnx", "{ckpt}", "{tmp}/m.onnx", "--calibration", "{ckpt}"], "--calibration is for --precision int8"),
     (["--format", "onnx", "no-such-model", "{tmp}/m.onnx"], "neither a checkpoint file nor a model name"),
     (["--format", "onnx", "{ckpt}", "{tmp}/missing/m.onnx"], "does not exist"),
     (["--format", "onnx", "{ckpt}", "{tmp}/m.onnx", "--batch", "0"], "batch must be a positive integer"),
@@ -133,6 +135,31 @@ def test_cli_export_errors(args, match, checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("streamloc: error:")
     assert __import__("re").search(match, err), err
+
+
+def test_cli_export_onnx_int8(checkpoint, tmp_path, capsys):
+    """int8: calibrated on the bundled clip, checked on its real windows, metadata says what it did."""
+    import onnx
+    import onnxruntime as ort
+
+    from streamloc.backends.quantize import calibration_windows
+
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--format", "onnx", "--precision", "int8", str(checkpoint), str(out)]) == 0
+    assert "int8" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["precision"] == "int8" and meta["calibration"] == "bundled demo clip"
+    q = json.loads(meta["quantization"])
+    assert q["agreement"] >= 0.99 and q["tried"][-1]["float_modules"] == q["float_modules"]
+    model = load_model(checkpoint).eval()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for images, specs in calibration_windows(model, count=3):
+        got = session.run(None, {"images": images.numpy(), "spectrograms": specs.numpy()})
+        with torch.inference_mode():
+            ref = model(images, specs)
+        assert np.abs(got[0] - ref[0].numpy()).max() <= DEFAULT_ATOL["int8"]
+        for g_out, r_out in zip(got, ref):
+            assert np.corrcoef(g_out.ravel(), r_out.numpy().ravel())[0, 1] >= 0.99
 
 
 def test_load_model_image_size_rebuilds_a_checkpoint(checkpoint):
