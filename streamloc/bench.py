@@ -458,7 +458,7 @@ def _resolve(cfg: BenchConfig):
         reason = backend_unavailable_reason(name)
         if reason is None and precision == "int8" and (name != "onnx" or device.type == "cuda"):
             reason = "int8 is an onnx precision on the CPU (ONNX Runtime static quantization)"
-        elif reason is None and precision != "fp32" and device.type != "cuda":
+        elif reason is None and precision not in ("fp32", "int8") and device.type != "cuda":
             from streamloc.backends.eager import cpu_has_native_bf16
 
             if not (name == "eager" and precision == "bf16" and cpu_has_native_bf16()):
@@ -738,6 +738,10 @@ def format_report(report: dict) -> str:
                  f"{speed[label]:.2f}" if label in speed else "", f"{w['p50'] / limit:.2f}" if limit else ""]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("(ms" + (f"; FLOP limit {limit:.2f} ms" if limit else "") + ")")
+    limit8 = report["flops"].get("flop_limit_ms_int8")
+    if limit8:
+        lines.append(f"(int8 FLOP limit {limit8:.2f} ms, every FLOP at the int8 GEMM rate; p50 / int8 limit: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in ratios.get("e2e_p50_over_int8_flop_limit", {}).items()) + ")")
     if report["throughput"]:
         ns = sorted({int(n) for v in report["throughput"].values() for n in v})
         lines += ["", "| windows/s (encoder / end to end) | " + " | ".join(f"N={n}" for n in ns) + " |",
@@ -757,8 +761,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, default_out: str | os.Path
     """The ``streamloc bench`` options."""
     parser.add_argument("--backend", action="append", dest="backends", metavar="NAME[:PRECISION]",
                         help="backend to measure, repeatable: eager, compile, onnx, tensorrt, with :fp16/:bf16 "
-                             "on CUDA (eager:bf16 also on CPUs with native bf16; default: every backend "
-                             "available on the device)")
+                             "on CUDA (eager:bf16 also on CPUs with native bf16; onnx:int8 on the CPU; default: "
+                             "every backend available on the device)")
     parser.add_argument("--ticks", type=int, default=1000, help="timed calls per backend (default 1000)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls per backend first (default 20)")
     parser.add_argument("--round", type=int, default=10, help="calls per backend per interleaved round (default 10)")

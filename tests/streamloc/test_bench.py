@@ -80,7 +80,8 @@ def test_cli_bench_writes_the_documented_json(small_checkpoint, tmp_path, capsys
 
 @pytest.mark.parametrize("args,match", [
     (["--backend", "tflite"], "unknown backend 'tflite'"),
-    (["--backend", "eager:int8"], "unknown precision 'int8'"),
+    (["--backend", "eager:int4"], "unknown precision 'int4'"),
+    (["--backend", "eager:int8"], "int8 is an onnx precision on the CPU"),
     (["--backend", "eager:fp16"], "fp16 needs a CUDA device"),
     (["--streams", "0"], "--streams must be ≥ 1"),
     (["--ticks", "0"], "--ticks must be ≥ 1"),
@@ -121,3 +122,18 @@ def test_benchmark_script_is_the_same_command():
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_backends.py"), "--help"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "--streams N" in run.stdout and "backends_cpu.json" in run.stdout
+
+
+def test_int8_peak_and_ratios():
+    from streamloc.bench import _ratios, peak_int8_gemm_ops
+
+    peak = peak_int8_gemm_ops(1, sizes=(128, 256), repeats=2)
+    assert peak["impl"] == "onnxruntime.MatMulInteger" and set(peak["by_size"]) == {"128", "256"}
+    assert peak["ops_per_s"] == max(peak["by_size"].values()) > 0
+    e2e = {"paper_baseline": {"wall_ms": {"p50": 40.0, "p99": 50.0}},
+           "onnx:fp32": {"wall_ms": {"p50": 30.0, "p99": 35.0}}, "onnx:int8": {"wall_ms": {"p50": 12.0, "p99": 15.0}}}
+    enc = {"onnx:fp32": {"p50": 20.0}, "onnx:int8": {"p50": 6.0}}
+    r = _ratios(enc, e2e, {}, 20.0, 5.0)
+    assert r["e2e_speedup_vs_paper_baseline_p50"] == {"onnx:fp32": 40 / 30, "onnx:int8": 40 / 12}
+    assert r["e2e_p50_over_flop_limit"]["onnx:int8"] == 12 / 20
+    assert r["e2e_p50_over_int8_flop_limit"] == {"onnx:int8": 12 / 5}  # int8 labels only
