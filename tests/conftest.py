@@ -35,13 +35,24 @@ def shared_dir() -> Path:
     return SHARED
 
 
-@pytest.fixture
-def one_thread():
-    """One torch intra-op thread for the test: on the 2-core CI machine, tiny convolutions run
-    steadier (and, when other jobs share the cores, up to 10x faster) than with two."""
+def _one_torch_thread():
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test: on the 2-core CI machine, tiny convolutions run
+    steadier (and, when other jobs share the cores, up to 10x faster) than with two."""
+    yield from _one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """:func:`one_thread` for a whole module (``pytestmark = pytest.mark.usefixtures(...)``), so
+    that module-scoped fixtures building models and backends run with it too."""
+    yield from _one_torch_thread()

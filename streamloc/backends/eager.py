@@ -33,7 +33,8 @@ class EagerBackend:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError("device 'cuda' requested but CUDA is not available; use device='cpu'")
         if precision not in {"fp32", "fp16", "bf16"}:
-            raise BackendError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+            raise BackendError(f"precision must be fp32, fp16 or bf16, got {precision!r}"
+                               + ("; int8 runs with the onnx backend on the CPU" if precision == "int8" else ""))
         if precision == "fp16" and self.device.type != "cuda":
             raise BackendError("fp16 autocast is only supported on CUDA; use precision='fp32' or 'bf16' on CPU")
         if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():

@@ -24,14 +24,7 @@ from streamloc.models import create_model
 SIZES = [(240, 320), (120, 160), (480, 640), (90, 90)]
 RATES = [22050, 48000, 16000, 44100]
 ATOL = {("eager", "cpu"): 1e-5, ("onnx", "cpu"): 1e-4, ("eager", "cuda"): 1e-3}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture()

@@ -25,15 +25,8 @@ from streamloc.models.checkpoint import save_checkpoint
 ATOL = 1e-4
 SMALL = {"image": {"size": (64, 64)}, "audio": {"window_seconds": 1.0}}
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread_module")]
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,9 @@ from streamloc.errors import BackendError  # noqa: E402
 from streamloc.models import create_model  # noqa: E402
 from streamloc.models.checkpoint import load_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread_module")]
 MIN_CORR, SOUND_MAP_ATOL = 0.99, 0.05
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
