@@ -667,6 +667,8 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
     shutil.copyfile(src, dst)
     meta = read_metadata(dst)
     report = json.loads((report_dir / "report.json").read_text())
+    defaults = asdict(RecipeConfig())
+    overrides = [f"{k}={json.dumps(v)}" for k, v in meta["provenance"]["config"].items() if defaults.get(k) != v]
     lines = [
         "# noprior_avpairs.safetensors — the demo IOI/OSC model", "",
         "NoPrior (IOI/OSC, Kim et al. CVPR 2024) with the packaged ImageNet EfficientNet-Lite0 as a frozen",
@@ -676,7 +678,8 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
         "```bash",
         "streamloc dataset fetch",
         "python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo",
-        "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior --threads 2",
+        "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior --threads 2"
+        + "".join(f" --set '{o}'" for o in overrides),
         "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl --threads 2",
         "python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
@@ -684,6 +687,7 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
         "```", "",
         f"Selected step (best val score): {meta['provenance'].get('best_step')} of "
         f"{meta['provenance']['config']['steps']}; training time {meta['provenance'].get('train_seconds')} s.",
+        "IOI settings chosen on val (`tune-ioi`): " + json.dumps(meta["provenance"].get("ioi_chosen_on_val", "not tuned")) + ".",
         f"sha256: {_sha256_file(dst)}", "",
         "Test-split numbers (the full report: `benchmarks/results/avpairs_demo/`):", "",
         summary_markdown(report),

@@ -128,6 +128,8 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     assert load_checkpoint(shipped["checkpoint"]).method == "noprior"
     card = (tmp_path / "assets" / "noprior_avpairs.md").read_text()
     assert "python -m training.recipes.avpairs_demo train" in card and "| grid | IOI/OSC |" in card
+    assert "IOI settings chosen on val" in card and '"ioi_eps"' in card
+    assert "--set 'steps=3'" in card  # the tiny test config's overrides are printed with the command
 
 
 def test_missing_cache_is_a_clear_error(tmp_path, sources):
