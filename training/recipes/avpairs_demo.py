@@ -404,8 +404,8 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
 IOI_GRID = {
     "ioi_rule": ("official", "paper"),
     "ioi_eps": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-    "tau1": (0.5, 0.7, 0.9),
-    "tau2": (0.4, 0.6, 0.8),
+    "tau1": (0.3, 0.5, 0.7, 0.9),
+    "tau2": (0.2, 0.4, 0.6, 0.8),
 }
 
 
