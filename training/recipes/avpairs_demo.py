@@ -354,6 +354,7 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
     rng = np.random.default_rng(cfg.seed)
     log = open(out / "train.jsonl", "w", encoding="utf-8")
     best = (-math.inf, 0, None, None)
+    states: dict[int, dict[str, torch.Tensor]] = {}  # every validated state (for tune-ioi's selection)
     t0 = time.perf_counter()
     try:
         with CachedFeatureModel(model, cfg.bf16_audio):
@@ -374,8 +375,9 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     score, parts = val_score(model, val_data, val_meta, truths)
                     rec["val"] = parts
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    states[step] = state
                     if score > best[0]:
-                        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                         best = (score, step, state, parts)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -393,11 +395,33 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
         "data": "avpairs builder scenes (Tux Paint stamps GPL-2.0-or-later, FluidR3 MIT, Plasma wallpapers LGPL-3.0)",
     }
     save_checkpoint(model, out / "model.safetensors", provenance=provenance, dtype=torch.float16)
+    (out / "states").mkdir(exist_ok=True)
+    for step, state in states.items():
+        _load_cached_state(model, state)
+        save_checkpoint(model, out / "states" / f"step{step:05d}.safetensors", dtype=torch.float16,
+                        provenance={**provenance, "step": step, "val": _val_of(out / "train.jsonl", step)})
+    _load_cached_state(model, best[2])
     info = {"method": method_name, "best_step": best[1], "val": best[3], "train_seconds": round(seconds, 1),
             "checkpoint": str(out / "model.safetensors"),
             "checkpoint_bytes": (out / "model.safetensors").stat().st_size}
     (out / "train.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def _load_cached_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict taken inside :class:`CachedFeatureModel` into the runtime model."""
+    mapped = {k.replace("audnet.inner.", "audnet.", 1): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected or any(not k.startswith("imgnet.") for k in missing):
+        raise RuntimeError(f"state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _val_of(log: Path, step: int) -> dict | None:
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["step"] == step:
+            return rec.get("val")
+    return None
 
 
 #: The IOI settings searched by :func:`tune_ioi` (official defaults: official rule, 0.1, 0.7, 0.6).
@@ -419,41 +443,77 @@ def ioi_objective(parts: dict) -> tuple[float, str]:
     return per[rule], rule
 
 
+#: IOI settings (the rest at the model's defaults) that score each saved training state in
+#: :func:`tune_ioi` before the full :data:`IOI_GRID` search on the chosen one.
+IOI_PROBE = ({"ioi_eps": 0.1}, {"ioi_eps": 0.2}, {"ioi_eps": 0.3})
+
+
+def _ioi_table(model, outputs, truths, configs) -> list[dict]:
+    rows = []
+    for values in configs:
+        for k, v in values.items():
+            setattr(model.config, k, v)
+        parts = score_maps([predict_maps(model, o) for o in outputs], truths)
+        objective, rule = ioi_objective(parts)
+        rows.append({**values, "objective": objective, "rule": rule, **parts})
+    return rows
+
+
 def tune_ioi(work: Path, cfg: RecipeConfig, cache: Path | None = None, sources: tuple | None = None,
              grid: dict[str, Sequence] | None = None) -> dict:
-    """Choose the IOI settings (rule, stop threshold ``ioi_eps``, ``tau1``, ``tau2``) of the trained
-    NoPrior model on the **val** scenes by :func:`ioi_objective`, and store them in its checkpoint's
-    config. The network outputs are computed once; only the IOI step is repeated."""
+    """Choose, on the **val** scenes and by :func:`ioi_objective`, the training state of the NoPrior
+    model and its IOI settings (rule, stop threshold ``ioi_eps``, ``tau1``, ``tau2``), and write
+    them as ``WORK/noprior/model.safetensors``.
+
+    Every state ``train`` validated (``WORK/noprior/states/``) is scored with the settings of
+    :data:`IOI_PROBE`; the best state then gets the full ``grid`` search (default
+    :data:`IOI_GRID`). The selection during training ranks states by mean cIoU under the default
+    IOI settings, which says little about how well a state separates sounding from silent objects
+    once the IOI stop threshold is tuned -- hence this second, joint look. The network outputs are
+    computed once per state; only the IOI step is repeated."""
     import itertools
 
     from streamloc.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
     grid = grid or IOI_GRID
     path = work / "noprior" / "model.safetensors"
-    model = load_checkpoint(path).eval()
+    candidates = sorted((work / "noprior" / "states").glob("step*.safetensors")) or [path]
     val, meta = _load_cache(work, "val")
     pool, backgrounds, _ = _sources(cache, False, sources)
     truths = [scene_truth(compose(pool, backgrounds, m["protocol"], "val", m["index"], cfg.seed)) for m in meta]
-    with CachedFeatureModel(model, bf16_audio=False):
-        outputs = val_outputs(model, val)
+
+    def outputs_of(model):
+        with CachedFeatureModel(model, bf16_audio=False):
+            return val_outputs(model, val)
+
+    probes = {}
+    if len(candidates) > 1:
+        for c in candidates:
+            model = load_checkpoint(c).eval()
+            rows = _ioi_table(model, outputs_of(model), truths, IOI_PROBE)
+            probes[c.name] = max(rows, key=lambda r: r["objective"])
+        chosen = max(candidates, key=lambda c: probes[c.name]["objective"])
+    else:
+        chosen = candidates[0]
+    model = load_checkpoint(chosen).eval()
     keys = list(grid)
-    table = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        for k, v in zip(keys, values):
-            setattr(model.config, k, v)
-        parts = score_maps([predict_maps(model, o) for o in outputs], truths)
-        objective, rule = ioi_objective(parts)
-        table.append({**dict(zip(keys, values)), "objective": objective, "rule": rule, **parts})
+    table = _ioi_table(model, outputs_of(model), truths,
+                       [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))])
     best = max(table, key=lambda r: r["objective"])
     for k in keys:
         setattr(model.config, k, best[k])
-    provenance = dict(read_metadata(path)["provenance"])
+    provenance = dict(read_metadata(chosen)["provenance"])
     provenance["ioi_chosen_on_val"] = {k: best[k] for k in (*keys, "objective", "rule")}
+    if probes:
+        provenance["best_step"] = provenance.pop("step", provenance.get("best_step"))
+        provenance["state_chosen_on_val"] = {
+            "state": chosen.name, "probe": {n: {"objective": r["objective"], "ioi_eps": r["ioi_eps"]} for n, r in probes.items()}}
     save_checkpoint(model, path, provenance=provenance, dtype=torch.float16)
-    (work / "noprior" / "tune_ioi.json").write_text(json.dumps(table, indent=1) + "\n")
-    return {"chosen": {k: best[k] for k in (*keys, "objective", "rule")}, "val": {k: best[k] for k in (
-        "mean_ciou_by_rule", "multi_ciou@0.3_by_rule", "silent_suppression_by_rule", "counting_accuracy")},
-        "configs_tried": len(table)}
+    (work / "noprior" / "tune_ioi.json").write_text(json.dumps({"probes": probes, "grid": table}, indent=1) + "\n")
+    return {"state": chosen.name, "chosen": {k: best[k] for k in (*keys, "objective", "rule")},
+            "val": {k: best[k] for k in ("mean_ciou_by_rule", "multi_ciou@0.3_by_rule",
+                                          "silent_suppression_by_rule", "counting_accuracy")},
+            "configs_tried": len(table), "states_probed": len(probes)}
 
 
 # ------------------------------------------------------------------------------------------------

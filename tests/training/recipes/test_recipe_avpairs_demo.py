@@ -99,6 +99,8 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
             assert log[2]["loss"] == pytest.approx(log[2]["avc"] + 0.5 * log[2]["osc"])
         meta = read_metadata(tmp_path / m / "model.safetensors")
         assert meta["provenance"]["best_step"] == res["best_step"]
+        states = sorted(p.name for p in (tmp_path / m / "states").iterdir())
+        assert states == ["step00002.safetensors", "step00003.safetensors"]  # every validated state
         model = load_checkpoint(tmp_path / m / "model.safetensors")
         assert model.config.freeze_visual and model.config.visual_backbone == "efficientnet_lite0"
     report = R.evaluate_all(tmp_path, tmp_path / "report", cfg, progress=False, sources=sources)
@@ -118,8 +120,10 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     small = {"ioi_rule": ("official", "paper"), "ioi_eps": (0.1, 0.5), "tau1": (0.7,), "tau2": (0.6, 0.8)}
     tuned = R.tune_ioi(tmp_path, cfg, sources=sources, grid=small)
     assert tuned["configs_tried"] == 8
-    table = json.loads((tmp_path / "noprior" / "tune_ioi.json").read_text())
-    assert max(r["objective"] for r in table) == tuned["chosen"]["objective"]
+    saved = json.loads((tmp_path / "noprior" / "tune_ioi.json").read_text())
+    assert max(r["objective"] for r in saved["grid"]) == tuned["chosen"]["objective"]
+    assert tuned["states_probed"] == 2 and set(saved["probes"]) == {"step00002.safetensors", "step00003.safetensors"}
+    assert tuned["state"] == max(saved["probes"], key=lambda n: saved["probes"][n]["objective"])
     model = load_checkpoint(tmp_path / "noprior" / "model.safetensors")
     for k in small:
         assert getattr(model.config, k) == tuned["chosen"][k]
