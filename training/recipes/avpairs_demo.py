@@ -427,9 +427,9 @@ def _val_of(log: Path, step: int) -> dict | None:
 #: The IOI settings searched by :func:`tune_ioi` (official defaults: official rule, 0.1, 0.7, 0.6).
 IOI_GRID = {
     "ioi_rule": ("official", "paper"),
-    "ioi_eps": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-    "tau1": (0.3, 0.5, 0.7, 0.9),
-    "tau2": (0.2, 0.4, 0.6, 0.8),
+    "ioi_eps": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+    "tau1": (0.5, 0.7, 0.9),
+    "tau2": (0.2, 0.4, 0.6),
 }
 
 
