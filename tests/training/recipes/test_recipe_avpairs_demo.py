@@ -104,6 +104,7 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
         model = load_checkpoint(tmp_path / m / "model.safetensors")
         assert model.config.freeze_visual and model.config.visual_backbone == "efficientnet_lite0"
     report = R.evaluate_all(tmp_path, tmp_path / "report", cfg, progress=False, sources=sources)
+    assert report["training"]["noprior"]["chosen_on_val"]["best_step"] in (2, 3)
     groups = set(report["results"])
     assert groups == {*R.PROTOCOLS, R.MULTI}
     for name in (*R.METHODS, *R.BASELINES):
