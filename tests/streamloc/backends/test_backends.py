@@ -309,7 +309,7 @@ def test_eager_precision_checks(models, monkeypatch):
 
 
 def test_cpu_only_options_are_checked(models):
-    with pytest.raises(BackendError, match="fp32 only"):
+    with pytest.raises(BackendError, match="runs fp32 or int8"):
         create_backend("onnx", models["noprior"], precision="fp16")
     with pytest.raises(BackendError, match="fp32 only"):
         create_backend("compile", models["noprior"], precision="fp16")
