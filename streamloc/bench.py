@@ -187,7 +187,7 @@ def _device_info(device) -> dict:
 
 
 def _sync(device) -> None:
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         import torch
 
         torch.cuda.synchronize(device)
@@ -282,12 +282,16 @@ def count_flops(model, batch: int = 1, device="cpu") -> int:
     return int(counter.get_total_flops())
 
 
-def _ort_matmul(n: int, threads: int):
+def _ort_matmul(n: int, threads: int, integer: bool = False):
+    """ONNX Runtime square GEMM at ``threads`` threads: float32 ``MatMul``, or with ``integer``
+    uint8 x int8 -> int32 ``MatMulInteger`` (the MLAS kernels its quantized convolutions use)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    spec = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ABC"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm", spec[:2], spec[2:])
+    types = (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32) if integer else (TensorProto.FLOAT,) * 3
+    spec = [helper.make_tensor_value_info(x, t, [n, n]) for x, t in zip("ABC", types)]
+    op = "MatMulInteger" if integer else "MatMul"
+    graph = helper.make_graph([helper.make_node(op, ["A", "B"], ["C"])], "mm", spec[:2], spec[2:])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -295,19 +299,17 @@ def _ort_matmul(n: int, threads: int):
     return lambda a, b: sess.run(None, {"A": a, "B": b})
 
 
-def _ort_matmul_int8(n: int, threads: int):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    inputs = [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]),
-              helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])]
-    out = [helper.make_tensor_value_info("C", TensorProto.INT32, [n, n])]
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["C"])], "mmi", inputs, out)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return lambda a, b: sess.run(None, {"A": a, "B": b})
+def _best_seconds(fn, *args, repeats: int, device=None) -> float:
+    """Fastest of ``repeats`` timed calls after one untimed call (synchronising CUDA if given)."""
+    fn(*args)
+    _sync(device)
+    out = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args)
+        _sync(device)
+        out = min(out, time.perf_counter() - t0)
+    return out
 
 
 def peak_int8_gemm_ops(threads: int, sizes=(1024, 2048), repeats: int = 5) -> dict:
@@ -318,14 +320,7 @@ def peak_int8_gemm_ops(threads: int, sizes=(1024, 2048), repeats: int = 5) -> di
     for n in sizes:
         a = rng.integers(0, 256, (n, n), dtype=np.uint8)
         b = rng.integers(-128, 128, (n, n), dtype=np.int8)
-        fn = _ort_matmul_int8(n, threads)
-        fn(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(a, b)
-            best = min(best, time.perf_counter() - t0)
-        rates[str(n)] = 2.0 * n**3 / best
+        rates[str(n)] = 2.0 * n**3 / _best_seconds(_ort_matmul(n, threads, integer=True), a, b, repeats=repeats)
     n = max(rates, key=rates.get)
     return {"ops_per_s": rates[n], "impl": "onnxruntime.MatMulInteger", "size": int(n), "by_size": rates}
 
@@ -341,15 +336,7 @@ def peak_gemm_flops(threads: int, device="cpu", sizes=(1024, 2048), repeats: int
     rates: dict[str, dict[str, float]] = {}
 
     def best(fn, *args):
-        fn(*args)
-        _sync(device)
-        out = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(*args)
-            _sync(device)
-            out = min(out, time.perf_counter() - t0)
-        return out
+        return _best_seconds(fn, *args, repeats=repeats, device=device)
 
     if device.type == "cuda":
         sizes = tuple(sorted({*sizes, 4096, 8192}))

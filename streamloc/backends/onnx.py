@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamloc.backends.cache import Artifact, StaticShapes, model_hash
+from streamloc.backends.cache import Artifact, StaticShapes, file_sha256, model_hash
 from streamloc.backends.quantize import QUANTIZER
 from streamloc.errors import BackendError
 
@@ -127,19 +126,12 @@ def export_onnx(model, path: str | os.PathLike, *, batch: int = 1, opset: int | 
 
 def _calibration_key(calibration) -> str:
     """Cache-key part naming the calibration data: the bundled clip's hash, or the inputs' hash."""
-    from streamloc.backends.quantize import calibration_hash
+    from streamloc.backends.quantize import bundled_clip, calibration_hash
 
     if calibration is not None:
         return "inputs:" + calibration_hash(calibration)
-    from importlib import resources
-
-    from streamloc.demo import BUNDLED_CLIP, bundled_asset
-
-    with resources.as_file(bundled_asset(BUNDLED_CLIP)) as clip:
-        if not clip.is_file():
-            raise BackendError(f"the bundled calibration clip {clip} is missing; pass calibration=[(images, "
-                               "spectrograms), ...] or reinstall streamloc")
-        return "bundled:" + hashlib.sha256(clip.read_bytes()).hexdigest()
+    with bundled_clip() as clip:
+        return "bundled:" + file_sha256(clip)
 
 
 class OnnxBackend:
@@ -218,9 +210,7 @@ class OnnxBackend:
         self.precision = precision
         self._calibration = calibration
         if precision == "int8":
-            import onnxruntime
-
-            parts.update(precision="int8", onnxruntime=onnxruntime.__version__, quantizer=QUANTIZER,
+            parts.update(precision="int8", onnxruntime=ort.__version__, quantizer=QUANTIZER,
                          calibration=_calibration_key(calibration))
         self.artifact = Artifact("onnx", parts, ".onnx", root=cache_dir)
         self.path = self.artifact.path

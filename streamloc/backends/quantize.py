@@ -22,6 +22,7 @@ real mixture, preprocessed exactly as at run time); pass your own windows for an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 
 from streamloc.errors import BackendError
 
-__all__ = ["QUANTIZED_OPS", "QUANTIZER", "depthwise_convs", "module_nodes", "calibration_windows", "calibration_hash", "quantize_onnx"]
+__all__ = ["QUANTIZED_OPS", "QUANTIZER", "depthwise_convs", "module_nodes", "bundled_clip", "calibration_windows", "calibration_hash", "quantize_onnx"]
 
 #: Operator types quantized by :func:`quantize_onnx`: where the encoder pair's FLOPs are.
 QUANTIZED_OPS = ("Conv", "Gemm")
@@ -42,29 +43,42 @@ QUANTIZER = {"format": "QDQ", "activations": "uint8", "weights": "int8 per-chann
 
 
 def _decode_clip(path: Path) -> tuple[list[tuple[float, np.ndarray]], np.ndarray, int]:
-    """(frames as (time s, BGR uint8), mono float32 audio, its sample rate) of an A/V file."""
+    """(frames as (time s, BGR uint8), mono float32 audio, its sample rate) of an A/V file, in one
+    demuxing pass; the audio is down-mixed by ``av.AudioResampler`` as :mod:`streamloc.io.media` does."""
     import av
 
+    frames, chunks = [], []
     try:
         with av.open(str(path)) as container:
-            frames = [(float(f.time), f.to_ndarray(format="bgr24")) for f in container.decode(video=0)]
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            rate = int(stream.rate)
-            chunks = []
-            for f in container.decode(audio=0):
-                a = f.to_ndarray().astype(np.float32)
-                if a.ndim == 2 and f.format.is_planar:
-                    a = a.mean(axis=0)
-                elif a.ndim == 2:
-                    a = a.reshape(-1, len(f.layout.channels)).mean(axis=1)
-                chunks.append(a.reshape(-1))
+            video, audio = container.streams.video[0], container.streams.audio[0]
+            rate = int(audio.rate)
+            mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            for f in container.decode(video, audio):
+                if isinstance(f, av.VideoFrame):
+                    frames.append((float(f.time), f.to_ndarray(format="bgr24")))
+                else:
+                    chunks += [m.to_ndarray().reshape(-1) for m in mono.resample(f)]
+            chunks += [m.to_ndarray().reshape(-1) for m in mono.resample(None)]  # flush
     except (av.FFmpegError, IndexError, OSError) as exc:
         raise BackendError(f"cannot read calibration clip {path}: {type(exc).__name__}: {exc} "
                            "(it needs a video and an audio stream)") from exc
     if not frames or not chunks:
         raise BackendError(f"calibration clip {path} has no video frames or no audio")
-    return frames, np.concatenate(chunks), rate
+    return frames, np.concatenate(chunks).astype(np.float32, copy=False), rate
+
+
+@contextlib.contextmanager
+def bundled_clip():
+    """The path of the clip bundled with the package (the default calibration data)."""
+    from importlib import resources
+
+    from streamloc.demo import BUNDLED_CLIP, bundled_asset
+
+    with resources.as_file(bundled_asset(BUNDLED_CLIP)) as path:
+        if not path.is_file():
+            raise BackendError(f"the bundled calibration clip {path} is missing; pass your own calibration "
+                               "data or reinstall streamloc")
+        yield path
 
 
 def calibration_windows(model, clip: str | os.PathLike | None = None, count: int = 16
@@ -80,9 +94,7 @@ def calibration_windows(model, clip: str | os.PathLike | None = None, count: int
     if count < 1:
         raise BackendError(f"calibration needs at least one window, got count={count}")
     if clip is None:
-        from streamloc.demo import BUNDLED_CLIP, bundled_asset
-
-        with _as_path(bundled_asset(BUNDLED_CLIP)) as path:
+        with bundled_clip() as path:
             frames, audio, rate = _decode_clip(path)
     else:
         frames, audio, rate = _decode_clip(Path(clip))
@@ -103,12 +115,6 @@ def calibration_windows(model, clip: str | os.PathLike | None = None, count: int
             spec = frontend(torch.from_numpy(np.ascontiguousarray(audio[end - n:end]))[None])
             out.append((images.clone(), spec.clone()))
     return out
-
-
-def _as_path(traversable):
-    from importlib import resources
-
-    return resources.as_file(traversable)
 
 
 def calibration_hash(windows: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> str:

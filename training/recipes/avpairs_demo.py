@@ -326,7 +326,7 @@ def score_maps(maps: Sequence[list[np.ndarray]], truths: list) -> dict[str, Any]
     }
 
 
-def val_score(model, val: dict[str, torch.Tensor], val_meta: list[dict], truths: list) -> tuple[float, dict]:
+def val_score(model, val: dict[str, torch.Tensor], truths: list) -> tuple[float, dict]:
     """Model-selection score on the val scenes: the mean cIoU over every sounding source under the
     best of :data:`SELECTION_RULES` (:func:`score_maps` gives the rest, logged). Taking the best
     binarisation rule keeps the choice of checkpoint independent of one rule that suits one
@@ -359,7 +359,7 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
     rng = np.random.default_rng(cfg.seed)
     log = open(out / "train.jsonl", "w", encoding="utf-8")
     best = (-math.inf, 0, None, None)
-    states: dict[int, dict[str, torch.Tensor]] = {}  # every validated state (for tune-ioi's selection)
+    states: dict[int, tuple[dict, dict]] = {}  # every validated (state, val parts), for tune-ioi's selection
     t0 = time.perf_counter()
     try:
         with CachedFeatureModel(model, cfg.bf16_audio):
@@ -378,10 +378,10 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
                 optimizer.step()
                 rec = {"step": step, "seconds": round(time.perf_counter() - t0, 1), **logs}
                 if step % cfg.eval_every == 0 or step == cfg.steps:
-                    score, parts = val_score(model, val_data, val_meta, truths)
+                    score, parts = val_score(model, val_data, truths)
                     rec["val"] = parts
                     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    states[step] = state
+                    states[step] = (state, parts)
                     if score > best[0]:
                         best = (score, step, state, parts)
                 log.write(json.dumps(rec) + "\n")
@@ -401,10 +401,10 @@ def train(work: Path, method_name: str, cfg: RecipeConfig, cache: Path | None = 
     }
     save_checkpoint(model, out / "model.safetensors", provenance=provenance, dtype=torch.float16)
     (out / "states").mkdir(exist_ok=True)
-    for step, state in states.items():
+    for step, (state, parts) in states.items():
         _load_cached_state(model, state)
         save_checkpoint(model, out / "states" / f"step{step:05d}.safetensors", dtype=torch.float16,
-                        provenance={**provenance, "step": step, "val": _val_of(out / "train.jsonl", step)})
+                        provenance={**provenance, "step": step, "val": parts})
     _load_cached_state(model, best[2])
     info = {"method": method_name, "best_step": best[1], "val": best[3], "train_seconds": round(seconds, 1),
             "checkpoint": str(out / "model.safetensors"),
@@ -419,14 +419,6 @@ def _load_cached_state(model, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if unexpected or any(not k.startswith("imgnet.") for k in missing):
         raise RuntimeError(f"state does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _val_of(log: Path, step: int) -> dict | None:
-    for line in log.read_text().splitlines():
-        rec = json.loads(line)
-        if rec["step"] == step:
-            return rec.get("val")
-    return None
 
 
 #: The IOI settings searched by :func:`tune_ioi` (official defaults: official rule, 0.1, 0.7, 0.6).
