@@ -82,6 +82,28 @@ def test_cached_features_give_the_runtime_outputs(sources, method, one_thread):
             assert np.abs(a[name] - b[name]).max() / scale < 2e-2, name  # float16 cache rounding
 
 
+def test_choose_thresholds_trades_ciou_against_silent_coverage():
+    """One 224² scene: a sounding object (cols 0-127; its left half scores 1.0, its right half 0.45),
+    a silent object (cols 192-223, a quarter of the source's area) scoring 0.5, background 0.
+    Thresholds <= 0.45 cover the whole source and the silent object: cIoU = A / (A + A/4) = 0.8,
+    suppression 0. Thresholds >= 0.6 cover the left half only: cIoU 0.5, suppression 1. Mean cIoU
+    alone picks 0.1 (the first of the ties); the product picks 0.6."""
+    from training.evaluate import Sample
+    from training.metrics import GroundTruth
+
+    score = np.zeros((224, 224), np.float32)
+    score[:, :64], score[:, 64:128], score[:, 192:] = 1.0, 0.45, 0.5
+    source, silent = np.zeros((224, 224)), np.zeros((224, 224))
+    source[:, :128], silent[:, 192:] = 1, 1
+    sample = Sample([score], GroundTruth([source], silent_masks=[silent]))
+    chosen = R.choose_thresholds({"grid": {"model": [sample]}})["model"]
+    assert chosen["threshold"] == 0.6 and chosen["threshold_mean_ciou"] == 0.1
+    for t, (c, supp) in {"0.1": (0.8, 0.0), "0.4": (0.8, 0.0), "0.5": (0.4, 0.0), "0.6": (0.5, 1.0), "0.9": (0.5, 1.0)}.items():
+        row = chosen["val"][t]
+        assert (row["mean_ciou"], row["silent_suppression"]) == pytest.approx((c, supp))
+        assert row["objective"] == pytest.approx(c * supp)
+
+
 def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     from streamloc.models.checkpoint import load_checkpoint, read_metadata
 
@@ -108,7 +130,9 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     groups = set(report["results"])
     assert groups == {*R.PROTOCOLS, R.MULTI}
     for name in (*R.METHODS, *R.BASELINES):
-        assert report["thresholds_chosen_on_val"][name]["threshold"] in R.THRESHOLDS
+        chosen = report["thresholds_chosen_on_val"][name]
+        assert chosen["threshold"] in R.THRESHOLDS and chosen["threshold_mean_ciou"] in R.THRESHOLDS
+        assert set(report["results"]["grid"][name]) == set(R.RULES) == set(report["checks"])
         r = report["results"]["grid"][name]["median_rule"]
         assert r["n_sources"] == 2 * cfg.test_scenes  # grid: two sounding objects per scene
         assert 0.0 <= r["silent_suppression"] <= 1.0
