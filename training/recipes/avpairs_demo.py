@@ -756,7 +756,11 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
     meta = read_metadata(dst)
     report = json.loads((report_dir / "report.json").read_text())
     defaults = asdict(RecipeConfig())
-    overrides = [f"{k}={json.dumps(v)}" for k, v in meta["provenance"]["config"].items() if defaults.get(k) != v]
+
+    def overrides(method: str) -> str:  # the --set options that reproduce a method's config
+        config = read_metadata(work / method / "model.safetensors")["provenance"]["config"]
+        return "".join(f" --set '{k}={json.dumps(v)}'" for k, v in config.items() if defaults.get(k) != v)
+
     lines = [
         "# noprior_avpairs.safetensors — the demo IOI/OSC model", "",
         "NoPrior (IOI/OSC, Kim et al. CVPR 2024) with the packaged ImageNet EfficientNet-Lite0 as a frozen",
@@ -767,8 +771,9 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
         "streamloc dataset fetch",
         "python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior --threads 2"
-        + "".join(f" --set '{o}'" for o in overrides),
-        "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl --threads 2",
+        + overrides("noprior"),
+        "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl --threads 2"
+        + overrides("ezvsl"),
         "python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
         "python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
@@ -779,6 +784,9 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
            "IOI runs at inference. Every L_osc schedule tried so far lowered the val score (see the "
            "RecipeConfig comment)."] if _osc_off(meta["provenance"]["config"]) else []),
         "IOI settings chosen on val (`tune-ioi`): " + json.dumps(meta["provenance"].get("ioi_chosen_on_val", "not tuned")) + ".",
+        "The EZ-VSL baseline of the report (same data, steps and optimiser): state step "
+        f"{report['training']['ezvsl'].get('best_step')} chosen on val; training time "
+        f"{report['training']['ezvsl'].get('train_seconds')} s.",
         f"sha256: {_sha256_file(dst)}", "",
         "Test-split numbers (the full report: `benchmarks/results/avpairs_demo/`):", "",
         summary_markdown(report),

@@ -158,7 +158,8 @@ def test_prepare_train_evaluate_end_to_end(sources, tmp_path, one_thread):
     card = (tmp_path / "assets" / "noprior_avpairs.md").read_text()
     assert "python -m training.recipes.avpairs_demo train" in card and "| grid | IOI/OSC |" in card
     assert "IOI settings chosen on val" in card and '"ioi_eps"' in card
-    assert "--set 'steps=3'" in card  # the tiny test config's overrides are printed with the command
+    assert card.count("--set 'steps=3'") == 2  # the tiny config's overrides, printed with both commands
+    assert f"training time {report['training']['ezvsl']['train_seconds']} s" in card
 
 
 def test_missing_cache_is_a_clear_error(tmp_path, sources):
