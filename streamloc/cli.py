@@ -59,7 +59,8 @@ def _load_localizer(args: argparse.Namespace):
               file=sys.stderr)
         model = create_model("noprior")
     backend = backend_from_args(args, model, device=args.device)
-    return Localizer(model, device=args.device, backend=backend)
+    return Localizer(model, device=args.device, backend=backend,
+                     object_mask=getattr(args, "object_mask", "heatmap"), mask_threshold=getattr(args, "mask_threshold", 0.5))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", metavar="OUT.jsonl", help="write one JSON record per tick")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--object-mask", choices=["heatmap", "cells"], default="heatmap",
+                   help="an object's mask: its heatmap >= --mask-threshold (default) or the grid cells IOI claimed")
+    p.add_argument("--mask-threshold", type=float, default=0.5, help="heatmap threshold of the masks (default 0.5)")
     add_backend_arguments(p)
     p.set_defaults(func=_cmd_run)
 

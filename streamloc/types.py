@@ -23,7 +23,8 @@ class SoundingObject:
     Attributes:
         id: object id; stable across ticks when the pipeline tracks objects, else the rank in this tick.
         heatmap: (H, W) float32 in [0, 1] at frame resolution; how strongly each pixel belongs to it.
-        mask: (H, W) bool at frame resolution: the region the object claimed.
+        mask: (H, W) bool at frame resolution: the object's region (its heatmap >= the Localizer's
+            mask_threshold, or the grid cells IOI claimed with object_mask="cells").
         box: (x1, y1, x2, y2) pixel box of the mask (x2, y2 exclusive), or None for an empty mask.
         centroid: (x, y) pixel centroid of the heatmap inside the mask, or None for an empty mask.
         score: sound-association strength in [-1, 1] (mean sound map over the object's cells).

@@ -48,15 +48,30 @@ def test_result_structure(localizer):
     assert record["num_objects"] == len(result.objects)
 
 
-def test_masks_are_the_claimed_cells_at_frame_size(localizer):
-    frame, audio = _scene(1, 224, 224)
+def test_masks_are_the_thresholded_heatmaps_by_default(localizer):
+    frame, audio = _scene(1, 240, 320)
     result = localizer.localize(frame, audio, RATE)
+    assert result.objects
+    for obj in result.objects:
+        np.testing.assert_array_equal(obj.mask, obj.heatmap >= localizer.mask_threshold)
+
+
+def test_cells_masks_are_the_claimed_cells_at_frame_size(localizer):
+    cells = Localizer(localizer.model, object_mask="cells")
+    frame, audio = _scene(1, 224, 224)
+    result = cells.localize(frame, audio, RATE)
+    assert result.objects
     for obj in result.objects:
         # 224 / 7 = 32 px per cell: the centre pixel of every claimed cell is in the mask
         for i, j in zip(*np.nonzero(obj.cells)):
             assert obj.mask[32 * i + 16, 32 * j + 16]
         for i, j in zip(*np.nonzero(~obj.cells)):
             assert not obj.mask[32 * i + 16, 32 * j + 16]
+
+
+def test_unknown_object_mask_is_rejected(localizer):
+    with pytest.raises(ValueError, match="object_mask must be one of"):
+        Localizer(localizer.model, object_mask="boxes")
 
 
 def test_any_sample_rate_is_resampled(localizer):
