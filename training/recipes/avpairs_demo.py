@@ -87,9 +87,10 @@ class RecipeConfig:
     # from IOI on S_v, which is noise until L_avc has made S_v audio-specific: with both losses
     # from step 1, L_avc stayed at chance (300 steps); with weight 1 after a 300-step warm-up the
     # val cIoU fell from 0.142 to 0.03 within 100 steps and L_avc returned to chance; with weight
-    # 0.1 after 300 steps it fell to 0.07-0.10. L_avc alone for all 900 steps gave the best model
-    # once tune-ioi chose its IOI settings (its val objective rose with every 100 steps), so L_osc
-    # is off by default (None); --set osc_warmup_steps=300 brings it back.
+    # 0.1 after 300 steps it fell to 0.07-0.10. L_avc alone gave the best models once tune-ioi chose
+    # their IOI settings (its val objective rose up to step 900 of a 900-step run, and peaked at
+    # step 1000 of this 1200-step one), so L_osc is off by default (None);
+    # --set osc_warmup_steps=300 brings it back.
     osc_warmup_steps: int | None = None
     osc_weight: float = 0.1
 
@@ -580,7 +581,7 @@ def choose_thresholds(val_preds: dict[str, dict[str, list]]) -> dict[str, dict]:
     ``threshold`` maximises mean cIoU × mean silent-object suppression (:func:`ioi_objective`'s
     product, so the maps are binarised for the same trade-off the IOI settings were tuned for;
     every predictor gets the same rule). ``threshold_mean_ciou`` maximises the mean cIoU alone (the
-    rule of sessions 2-3, reported next to it). ``val`` has both parts for every threshold."""
+    recipe's earlier rule, reported next to it). ``val`` has both parts for every threshold."""
     chosen = {}
     names = next(iter(val_preds.values())).keys()
     for name in names:
