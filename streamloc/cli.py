@@ -59,8 +59,8 @@ def _load_localizer(args: argparse.Namespace):
               file=sys.stderr)
         model = create_model("noprior")
     backend = backend_from_args(args, model, device=args.device)
-    return Localizer(model, device=args.device, backend=backend,
-                     object_mask=getattr(args, "object_mask", "heatmap"), mask_threshold=getattr(args, "mask_threshold", 0.5))
+    masks = {k: getattr(args, k) for k in ("object_mask", "mask_threshold") if hasattr(args, k)}  # `run` only
+    return Localizer(model, device=args.device, backend=backend, **masks)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
