@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from streamloc import Localizer
+from streamloc import Localizer, load_bundled_model
 from streamloc.pipeline import StreamingPipeline
 from streamloc.types import TickResult
 
@@ -83,14 +83,14 @@ def control_loop(mailbox: LatestResult, head: Head, stop: threading.Event, hz: f
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="streamloc checkpoint (default: the bundled NoPrior model)")
     p.add_argument("--media")
     p.add_argument("--camera", default="0")
     p.add_argument("--mic", default="default")
     p.add_argument("--seconds", type=float, default=None)
     args = p.parse_args(argv)
 
-    localizer = Localizer.from_checkpoint(args.model)
+    localizer = Localizer.from_checkpoint(args.model) if args.model else Localizer(load_bundled_model())
     if args.media:
         from streamloc.io.media import MediaSource
 

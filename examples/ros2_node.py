@@ -4,8 +4,8 @@ Topics (one message per tick):
   ~/objects  std_msgs/String  JSON of `TickResult.to_record()` (ids, boxes, centroids, scores)
   ~/overlay  sensor_msgs/Image  the annotated frame (bgr8), when `publish_overlay` is true
 
-Parameters: `model` (checkpoint path), `camera` (index or URL), `mic` (name or index), `rate` (Hz),
-`publish_overlay` (bool).
+Parameters: `model` (checkpoint path; empty: the bundled NoPrior model), `camera` (index or URL),
+`mic` (name or index), `rate` (Hz), `publish_overlay` (bool).
 
     ros2 run <your_pkg> streamloc_node --ros-args -p model:=/path/model.safetensors
 
@@ -42,7 +42,7 @@ def main(args=None) -> None:  # pragma: no cover - needs a ROS 2 installation
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from streamloc import Localizer
+    from streamloc import Localizer, load_bundled_model
     from streamloc.io.camera import CameraSource
     from streamloc.io.microphone import MicrophoneSource
     from streamloc.pipeline import StreamingPipeline
@@ -58,7 +58,7 @@ def main(args=None) -> None:  # pragma: no cover - needs a ROS 2 installation
             self.publish_overlay = bool(self.declare_parameter("publish_overlay", False).value)
             self.objects_pub = self.create_publisher(String, "~/objects", 10)
             self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
-            localizer = Localizer.from_checkpoint(model)
+            localizer = Localizer.from_checkpoint(model) if model else Localizer(load_bundled_model())
             video = CameraSource(int(camera) if str(camera).isdigit() else camera)
             audio = MicrophoneSource(mic, sample_rate=localizer.sample_rate)
             self.pipeline = StreamingPipeline(localizer, video, audio, rate=rate, sinks=[self])

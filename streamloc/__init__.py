@@ -20,6 +20,7 @@ __all__ = [
     "StreamlocError",
     "create_model",
     "list_models",
+    "load_bundled_model",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -31,6 +32,7 @@ _LAZY = {
     "StreamlocError": "streamloc.errors",
     "create_model": "streamloc.models.registry",
     "list_models": "streamloc.models.registry",
+    "load_bundled_model": "streamloc.bundled",
     "load_checkpoint": "streamloc.models.checkpoint",
     "save_checkpoint": "streamloc.models.checkpoint",
 }

@@ -48,16 +48,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _load_localizer(args: argparse.Namespace):
     from streamloc.backends import backend_from_args
     from streamloc.localizer import Localizer
-    from streamloc.models import create_model
     from streamloc.models.checkpoint import load_checkpoint
 
     if args.model:
         model = load_checkpoint(args.model)
     else:
-        print("streamloc: warning: no --model given and no bundled model in this version; using an "
-              "UNTRAINED NoPrior model (its maps are meaningless). Train one with `python -m training.train`.",
-              file=sys.stderr)
-        model = create_model("noprior")
+        from streamloc.bundled import BUNDLED_MODEL, BUNDLED_MODEL_CARD, load_bundled_model
+
+        model = load_bundled_model()
+        print(f"streamloc: no --model given: using the bundled {BUNDLED_MODEL} (trained on the synthetic "
+              f"avpairs benchmark; its card: streamloc/assets/demo/{BUNDLED_MODEL_CARD}); pass --model "
+              "FILE.safetensors for your own", file=sys.stderr)
     backend = backend_from_args(args, model, device=args.device)
     masks = {k: getattr(args, k) for k in ("object_mask", "mask_threshold") if hasattr(args, k)}  # `run` only
     return Localizer(model, device=args.device, backend=backend, **masks)
@@ -177,8 +178,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import inspect
+
     import streamloc
     from streamloc.backends import add_backend_arguments
+    from streamloc.localizer import OBJECT_MASKS, Localizer
+
+    localizer_defaults = {k: v.default for k, v in inspect.signature(Localizer).parameters.items()}
 
     parser = argparse.ArgumentParser(prog="streamloc", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamloc {streamloc.__version__}")
@@ -192,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media", help="A/V file to play as a live source instead of camera + mic")
     p.add_argument("--fast", action="store_true", help="with --media: read as fast as possible, not paced")
     p.add_argument("--loop", action="store_true", help="with --media: loop the file")
-    p.add_argument("--model", help="streamloc checkpoint (.safetensors)")
+    p.add_argument("--model", help="streamloc checkpoint (.safetensors; default: the bundled NoPrior model)")
     p.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
     p.add_argument("--align", choices=["end", "center"], default="end",
                    help="audio window ends at the frame (live) or is centred on it (papers)")
@@ -202,9 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", metavar="OUT.jsonl", help="write one JSON record per tick")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--object-mask", choices=["heatmap", "cells"], default="heatmap",
-                   help="an object's mask: its heatmap >= --mask-threshold (default) or the grid cells IOI claimed")
-    p.add_argument("--mask-threshold", type=float, default=0.5, help="heatmap threshold of the masks (default 0.5)")
+    # No defaults here (SUPPRESS: absent unless given): the Localizer holds them, the help quotes them.
+    p.add_argument("--object-mask", choices=OBJECT_MASKS, default=argparse.SUPPRESS,
+                   help="an object's mask: 'heatmap' (its heatmap >= --mask-threshold) or 'cells' (the grid "
+                        f"cells IOI claimed); default {localizer_defaults['object_mask']!r}")
+    p.add_argument("--mask-threshold", type=float, default=argparse.SUPPRESS,
+                   help=f"heatmap threshold of the masks (default {localizer_defaults['mask_threshold']})")
     add_backend_arguments(p)
     p.set_defaults(func=_cmd_run)
 

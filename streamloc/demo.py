@@ -26,24 +26,12 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from streamloc.bundled import BUNDLED_CLIP, BUNDLED_MODEL, bundled_asset
 from streamloc.errors import CheckpointError, DeviceError, InputError, StreamlocError
 
 __all__ = ["BUNDLED_CLIP", "BUNDLED_MODEL", "SUMMARY_FORMAT", "bundled_asset", "run_demo"]
 
-BUNDLED_CLIP = "demo_clip.mp4"
-BUNDLED_MODEL = "noprior_avpairs.safetensors"
 SUMMARY_FORMAT = "streamloc-demo-summary/1"
-_ASSETS = ("assets", "demo")
-
-
-def bundled_asset(name: str):
-    """The installed file ``streamloc/assets/demo/NAME`` (an ``importlib.resources`` Traversable;
-    check ``.is_file()``).
-
-    >>> bundled_asset(BUNDLED_CLIP).name
-    'demo_clip.mp4'
-    """
-    return resources.files("streamloc").joinpath(*_ASSETS, name)
 
 
 def _sha256(path: Path) -> str:

@@ -72,7 +72,7 @@ def bundled_clip():
     """The path of the clip bundled with the package (the default calibration data)."""
     from importlib import resources
 
-    from streamloc.demo import BUNDLED_CLIP, bundled_asset
+    from streamloc.bundled import BUNDLED_CLIP, bundled_asset
 
     with resources.as_file(bundled_asset(BUNDLED_CLIP)) as path:
         if not path.is_file():

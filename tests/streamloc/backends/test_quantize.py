@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 
 from streamloc.backends import create_backend  # noqa: E402
 from streamloc.backends.quantize import calibration_hash, calibration_windows, module_nodes  # noqa: E402
-from streamloc.demo import BUNDLED_MODEL, bundled_asset  # noqa: E402
+from streamloc.bundled import BUNDLED_MODEL, bundled_asset  # noqa: E402
 from streamloc.errors import BackendError  # noqa: E402
 from streamloc.models import create_model  # noqa: E402
 from streamloc.models.checkpoint import load_checkpoint  # noqa: E402
