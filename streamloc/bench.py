@@ -21,6 +21,10 @@ default: every backend available on the device) one run measures
 5. the encoder pair's FLOPs and the device's peak fp32 GEMM rate → the "FLOP limit" latency
    (and, when an int8 backend runs, the same FLOPs at the peak int8 GEMM rate).
 
+A backend that cannot run here (not installed, no CUDA) or fails to build (a compiler error, a
+missing library) is not measured and is listed with its reason under the report's ``skipped``
+(``LABEL@batchN`` when only its batch-N build failed); the others are measured as usual.
+
 Latencies are p50/p90/p99/max/mean and jitter (standard deviation) in ms over ``--ticks`` timed
 calls after ``--warmup`` untimed ones, the backends interleaved in rounds of ``--round`` calls so
 that load changes on a shared machine hit them alike. The JSON report (``--out``) has the keys of
@@ -462,13 +466,13 @@ def _resolve(cfg: BenchConfig):
 class _Run:
     """State shared by the parts of one benchmark run (model, inputs, built backends)."""
 
-    def __init__(self, cfg: BenchConfig, device, specs, threads: int, cache_dir: str, log):
+    def __init__(self, cfg: BenchConfig, device, specs, skipped: dict, threads: int, cache_dir: str, log):
         import torch
 
         from streamloc.backends.export import load_model
 
-        self.cfg, self.device, self.specs, self.threads, self.cache_dir, self.log = (
-            cfg, device, specs, threads, cache_dir, log)
+        self.cfg, self.device, self.specs, self.skipped, self.threads, self.cache_dir, self.log = (
+            cfg, device, specs, skipped, threads, cache_dir, log)
         torch.manual_seed(cfg.seed)
         self.options: dict[str, Any] = {}
         if cfg.model == "noprior" and not Path(cfg.model).exists():
@@ -568,9 +572,14 @@ class _Run:
         try:
             for name, precision in self.specs:
                 label = _label(name, precision)
-                reuse = n == 1 or name == "eager"  # eager has no static batch
-                batch_backends[label] = (self.backends[label] if reuse else
-                                         self.build_backend(name, precision, n, f"{label}@batch{n}"))
+                if n == 1 or name == "eager":  # eager has no static batch
+                    batch_backends[label] = self.backends[label]
+                    continue
+                try:
+                    batch_backends[label] = self.build_backend(name, precision, n, f"{label}@batch{n}")
+                except Exception as exc:  # noqa: BLE001 - measure the others at this N
+                    self.skipped[f"{label}@batch{n}"] = f"build failed: {type(exc).__name__}: {exc}"
+                    self.log(f"skipping {label} at batch {n}: {self.skipped[f'{label}@batch{n}']}")
             frames, audios = self.frames[:n], self.audios[:n]
             fns = {f"encoder|{k}": self.encoder_fn(b, *self.inputs(n)) for k, b in batch_backends.items()}
             for k, b in batch_backends.items():
@@ -637,7 +646,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
     device, specs, skipped = _resolve(cfg)
     load_start = _load()
     with tempfile.TemporaryDirectory(prefix="streamloc-bench-") as tmp:
-        run = _Run(cfg, device, specs, threads, cfg.cache_dir or tmp, log)
+        run = _Run(cfg, device, specs, skipped, threads, cfg.cache_dir or tmp, log)
         model = run.model
         mhash = model_hash(model)
         log(f"device {device} ({_device_info(device)['name']}), threads {threads}, load {load_start}, "
@@ -659,9 +668,16 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
                 log(f"peak int8 GEMM {peak8['ops_per_s'] / 1e9:.1f} Gop/s; int8 limit "
                     f"{flops['flop_limit_ms_int8']:.2f} ms (every FLOP at the int8 rate)")
         try:
-            for name, precision in specs:
+            for name, precision in list(specs):
                 label = _label(name, precision)
-                run.backends[label] = run.build_backend(name, precision, 1, label)
+                try:
+                    run.backends[label] = run.build_backend(name, precision, 1, label)
+                except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the others
+                    skipped[label] = f"build failed: {type(exc).__name__}: {exc}"
+                    specs.remove((name, precision))
+                    log(f"skipping {label}: {skipped[label]}")
+            if not run.backends:
+                raise BackendError("no backend could be built: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
             log("build s: " + ", ".join(f"{k} {v:.1f}" for k, v in run.build.items()))
             equivalence = run.equivalence()
             encoder_ms = run.encoder_latency()
@@ -674,7 +690,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
                 for label, entry in run.throughput(n, t_ticks).items():
                     throughput.setdefault(label, {})[str(n)] = entry
                 log(f"{n} stream(s), windows/s end to end: " + ", ".join(
-                    f"{k} {v[str(n)]['e2e']['windows_per_s']:.1f}" for k, v in throughput.items()))
+                    f"{k} {v[str(n)]['e2e']['windows_per_s']:.1f}" for k, v in throughput.items() if str(n) in v))
         finally:
             for b in run.backends.values():
                 b.close()
@@ -740,6 +756,8 @@ def format_report(report: dict) -> str:
                 enc = e.get("encoder", {}).get("windows_per_s")
                 cells.append(("" if enc is None else f"{enc:.1f} / ") + f"{e['e2e']['windows_per_s']:.1f}" if e else "")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if report["skipped"]:
+        lines += ["", "not measured:"] + [f"- {label}: {why}" for label, why in report["skipped"].items()]
     return "\n".join(lines)
 
 

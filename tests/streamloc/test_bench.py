@@ -137,3 +137,38 @@ def test_int8_peak_and_ratios():
     assert r["e2e_speedup_vs_paper_baseline_p50"] == {"onnx:fp32": 40 / 30, "onnx:int8": 40 / 12}
     assert r["e2e_p50_over_flop_limit"]["onnx:int8"] == 12 / 20
     assert r["e2e_p50_over_int8_flop_limit"] == {"onnx:int8": 12 / 5}  # int8 labels only
+
+
+
+@pytest.fixture
+def broken_inductor(tmp_path, monkeypatch):
+    """A real compile-backend build failure: inductor pointed at a C++ compiler that does not work,
+    with empty caches so that nothing compiled earlier in this process stands in for compiling."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with inductor_config.patch({"cpp.cxx": (None, "/bin/false"), "fx_graph_cache": False}):
+        yield
+
+
+def test_a_backend_that_fails_to_build_is_reported_and_the_others_measured(small_checkpoint, tmp_path,
+                                                                          broken_inductor, capsys):
+    out = tmp_path / "partial.json"
+    argv = ["bench", "--ticks", "3", "--warmup", "1", "--backend", "eager", "--backend", "compile", "--out", str(out),
+            "--model", str(small_checkpoint), "--streams", "1", "--no-peak", "--no-baseline", "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["config"]["backends"] == ["eager:fp32"] and set(report["encoder_ms"]) == {"eager:fp32"}
+    assert re.search(r"build failed: BackendError: .*C\+\+ compiler", report["skipped"]["compile:fp32"])
+    assert "not measured:" in printed and "- compile:fp32: build failed" in printed
+
+
+def test_no_backend_built_is_an_error(small_checkpoint, tmp_path, broken_inductor, capsys):
+    out = tmp_path / "never.json"
+    argv = ["bench", "--ticks", "2", "--backend", "compile", "--out", str(out), "--model", str(small_checkpoint),
+            "--streams", "1", "--no-peak", "--no-baseline", "--threads", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no backend could be built: compile:fp32: build failed" in err
+    assert not out.exists()
