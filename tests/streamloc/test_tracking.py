@@ -41,6 +41,35 @@ def test_greedy_matching_prefers_the_strongest_pair():
     assert [o.id for o in out] == [0, 1]
 
 
+def test_objects_are_matched_by_their_masks_not_by_overlapping_ioi_cells():
+    # Under the paper's IOI rule both objects claim nearly every grid cell, and their vectors (means
+    # over those broad regions) are alike; their masks (heatmap >= threshold) are what tells them apart.
+    everywhere = np.ones((7, 7), bool)
+    left, right = np.zeros((480, 640), bool), np.zeros((480, 640), bool)
+    left[100:300, 50:250] = True
+    right[150:400, 380:600] = True
+
+    def seen(vector, mask):
+        return SoundingObject(id=-1, heatmap=mask.astype(np.float32), mask=mask, box=None, centroid=None, score=1.0,
+                              vector=np.array(vector, np.float32), cells=everywhere.copy())
+
+    t = ObjectTracker()
+    assert [o.id for o in t.update([seen([1, 0.10], left), seen([1, 0.12], right)])] == [0, 1]
+    # next tick: listed in the other order, vectors drifted so that each is now closer to the other's track
+    assert [o.id for o in t.update([seen([1, 0.105], right), seen([1, 0.115], left)])] == [1, 0]
+
+
+@pytest.mark.parametrize("shape, side", [((480, 640), 64), ((7, 7), 7), ((1080, 1920), 64), ((65, 10), 33)])
+def test_regions_are_subsampled_to_at_most_region_side(shape, side):
+    from streamloc.tracking import REGION_SIDE, _region
+
+    mask = np.zeros(shape, bool)
+    mask[: shape[0] // 2] = True
+    region = _region(mask)
+    assert max(region.shape) == side <= REGION_SIDE
+    assert region.dtype == bool and region.any() and not region.all()
+
+
 def test_reset_and_bad_weight():
     t = ObjectTracker()
     t.update([obj(*A)])
