@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import threading
-import time
 from dataclasses import dataclass
 
 from streamloc import Localizer, load_bundled_model

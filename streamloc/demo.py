@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 from importlib import resources
@@ -28,18 +27,11 @@ from pathlib import Path
 
 from streamloc.bundled import BUNDLED_CLIP, BUNDLED_MODEL, bundled_asset
 from streamloc.errors import CheckpointError, DeviceError, InputError, StreamlocError
+from streamloc.hashing import file_sha256
 
 __all__ = ["BUNDLED_CLIP", "BUNDLED_MODEL", "SUMMARY_FORMAT", "bundled_asset", "run_demo"]
 
 SUMMARY_FORMAT = "streamloc-demo-summary/1"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve(stack: contextlib.ExitStack, given, name: str, what: str, how: str) -> tuple[Path, bool]:
@@ -146,9 +138,9 @@ def run_demo(out_dir: str | os.PathLike = "streamloc-demo", *, display: bool = F
             "counters": stats["counters"],
             "frames_written": recorder.frames_written,
             "audio_seconds_written": round(recorder.audio_seconds_written, 3),
-            "model": {"path": str(model_path), "bundled": model_bundled, "sha256": _sha256(model_path),
+            "model": {"path": str(model_path), "bundled": model_bundled, "sha256": file_sha256(model_path),
                       "method": localizer.model.method},
-            "clip": {"path": str(clip_path), "bundled": clip_bundled, "sha256": _sha256(clip_path),
+            "clip": {"path": str(clip_path), "bundled": clip_bundled, "sha256": file_sha256(clip_path),
                      "duration_s": info.duration_s, "timeline": _clip_timeline(clip_path)},
             "device": device,
             "backend": backend,

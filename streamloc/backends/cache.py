@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from streamloc.errors import InputError
+from streamloc.hashing import file_sha256  # noqa: F401 - part of this module's API
 
 __all__ = [
     "ENV_VAR",
@@ -103,14 +104,6 @@ def model_hash(model: torch.nn.Module) -> str:
 def cache_key(parts: Mapping[str, Any], length: int = 24) -> str:
     """A short hex key for a mapping of JSON-able parts (order-independent)."""
     return hashlib.sha256(_canonical(dict(parts))).hexdigest()[:length]
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Artifact:

@@ -10,7 +10,6 @@ safely, dispatches, checks every tensor lands, and writes the result.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from streamloc.errors import CheckpointError
+from streamloc.hashing import file_sha256
 
 METHODS = ("ezvsl", "noprior", "mixloc", "dsol", "avgn")
 
@@ -55,14 +55,6 @@ def _is_state_dict(d: Mapping) -> bool:
     return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_checkpoint(method: str, src: str | Path, dst: str | Path, *, trust_pickle: bool = False,
                        config: dict | None = None, **extra: Any) -> dict:
     """Convert the official checkpoint `src` of `method` into a streamloc checkpoint `dst`.
@@ -93,7 +85,7 @@ def convert_checkpoint(method: str, src: str | Path, dst: str | Path, *, trust_p
             f"mis-shaped {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in mismatched[:8]]}"
         )
     model.load_state_dict({k: state[k].to(expected[k].dtype) for k in state}, strict=False)
-    provenance = {"converted_from": src.name, "source_sha256": _sha256(src), "method": method,
+    provenance = {"converted_from": src.name, "source_sha256": file_sha256(src), "method": method,
                   "notes": notes.get("notes", []), "dropped": notes.get("dropped", [])}
     save_checkpoint(model, dst, provenance=provenance)
     return {"method": method, "tensors": len(state), **notes}

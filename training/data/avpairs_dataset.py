@@ -39,7 +39,6 @@ licences of the media used), ``pairs`` (kept / dropped counts and the kept pair 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -50,6 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from streamloc.errors import StreamlocError
+from streamloc.hashing import file_sha256
 from training.data.avpairs import (
     BUILDER_VERSION,
     PROTOCOLS,
@@ -196,10 +196,6 @@ def write_scene(scene: Scene, folder: Path, *, image_format: str = "png", audio_
     return paths
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_dataset(
     out: str | os.PathLike,
     pool: PairPool,
@@ -251,7 +247,7 @@ def build_dataset(
     for i in range(first_index, first_index + count):
         scene = compose_scene(pool, backgrounds, protocol, seed=seed, split=split, index=i, config=cfg)
         for p in write_scene(scene, scenes_dir, image_format=image_format, audio_format=audio_format, licenses=licenses, refs=refs):
-            files[f"scenes/{p.name}"] = _sha256(p)
+            files[f"scenes/{p.name}"] = file_sha256(p)
         for o in scene.objects:
             (snd_count if o.sounding else sil_count)[o.label] += 1
             pairs_used[o.pair_id] += 1

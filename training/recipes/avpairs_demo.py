@@ -748,6 +748,7 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
     command, provenance, the test numbers of ``report_dir/report.json``)."""
     import shutil
 
+    from streamloc.hashing import file_sha256
     from streamloc.models.checkpoint import read_metadata
 
     src = work / "noprior" / "model.safetensors"
@@ -788,7 +789,7 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
         "The EZ-VSL baseline of the report (same data, steps and optimiser): state step "
         f"{report['training']['ezvsl'].get('best_step')} chosen on val; training time "
         f"{report['training']['ezvsl'].get('train_seconds')} s.",
-        f"sha256: {_sha256_file(dst)}", "",
+        f"sha256: {file_sha256(dst)}", "",
         "Test-split numbers (the full report: `benchmarks/results/avpairs_demo/`):", "",
         summary_markdown(report),
     ]
@@ -799,12 +800,6 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
 def _osc_off(config: dict) -> bool:
     warm = config.get("osc_warmup_steps")
     return warm is None or warm >= config["steps"]
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,11 +4,9 @@ model, the ground truth matches the scene, and prepare → train → evaluate ru
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 cv2 = pytest.importorskip("cv2")
 sf = pytest.importorskip("soundfile")
