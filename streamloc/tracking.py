@@ -28,6 +28,7 @@ import numpy as np
 from streamloc.types import SoundingObject
 
 REGION_SIDE = 64
+REGIONS = ("mask", "cells")
 
 
 def _region(mask: np.ndarray | None) -> np.ndarray | None:
@@ -63,11 +64,17 @@ class ObjectTracker:
     """Greedy matcher: affinity = w * cos(vectors) + (1 - w) * IoU(regions); pairs above
     `min_affinity` keep the track's id (best pairs first); unmatched objects open new ids; tracks
     unseen for more than `max_missed` ticks are dropped. Regions are the objects' masks,
-    subsampled (see the module docstring)."""
+    subsampled (see the module docstring); ``region="cells"`` uses IOI's claimed grid cells instead
+    (where an object has them), the earlier matching — kept for comparison
+    (``benchmarks/bench_tracking.py``)."""
 
-    def __init__(self, *, vector_weight: float = 0.5, min_affinity: float = 0.4, max_missed: int = 10):
+    def __init__(self, *, vector_weight: float = 0.5, min_affinity: float = 0.4, max_missed: int = 10,
+                 region: str = "mask"):
         if not 0.0 <= vector_weight <= 1.0:
             raise ValueError(f"vector_weight must be in [0, 1], got {vector_weight}")
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+        self.region = region
         self.vector_weight = vector_weight
         self.min_affinity = min_affinity
         self.max_missed = max_missed
@@ -80,7 +87,7 @@ class ObjectTracker:
 
     def update(self, objects: list[SoundingObject]) -> list[SoundingObject]:
         """Assign ids to `objects` in place and return them."""
-        regions = [_region(o.mask) for o in objects]
+        regions = [o.cells if self.region == "cells" and o.cells is not None else _region(o.mask) for o in objects]
         pairs = []
         for i, (o, region) in enumerate(zip(objects, regions)):
             for j, t in enumerate(self._tracks):

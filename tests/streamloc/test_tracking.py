@@ -53,10 +53,12 @@ def test_objects_are_matched_by_their_masks_not_by_overlapping_ioi_cells():
         return SoundingObject(id=-1, heatmap=mask.astype(np.float32), mask=mask, box=None, centroid=None, score=1.0,
                               vector=np.array(vector, np.float32), cells=everywhere.copy())
 
-    t = ObjectTracker()
-    assert [o.id for o in t.update([seen([1, 0.10], left), seen([1, 0.12], right)])] == [0, 1]
-    # next tick: listed in the other order, vectors drifted so that each is now closer to the other's track
-    assert [o.id for o in t.update([seen([1, 0.105], right), seen([1, 0.115], left)])] == [1, 0]
+    for region, expected in (("mask", [1, 0]), ("cells", [0, 1])):
+        t = ObjectTracker(region=region)
+        assert [o.id for o in t.update([seen([1, 0.10], left), seen([1, 0.12], right)])] == [0, 1]
+        # next tick: listed in the other order, vectors drifted so that each is now closer to the
+        # other's track; the masks keep the ids right, the all-grid cells (the earlier matching) cannot
+        assert [o.id for o in t.update([seen([1, 0.105], right), seen([1, 0.115], left)])] == expected, region
 
 
 @pytest.mark.parametrize("shape, side", [((480, 640), 64), ((7, 7), 7), ((1080, 1920), 64), ((65, 10), 33)])
@@ -77,3 +79,5 @@ def test_reset_and_bad_weight():
     assert [o.id for o in t.update([obj(*B)])] == [0]
     with pytest.raises(ValueError):
         ObjectTracker(vector_weight=2.0)
+    with pytest.raises(ValueError, match="region must be one of"):
+        ObjectTracker(region="boxes")
