@@ -17,6 +17,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import streamloc
+    from streamloc.backends import BACKENDS, backend_unavailable_reason
+    from streamloc.bundled import BUNDLED_MODEL, bundled_asset
     from streamloc.models import list_models
 
     info = {
@@ -24,9 +26,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "numpy": numpy.__version__,
         "numba": numba.__version__,
         "models": list_models(),
+        "backends": {name: backend_unavailable_reason(name) or "available" for name in BACKENDS},
+        "bundled_model": BUNDLED_MODEL if bundled_asset(BUNDLED_MODEL).is_file() else None,
     }
     print(json.dumps(info, indent=2))
     return 0

@@ -61,3 +61,19 @@ def test_run_without_model_and_without_the_bundled_file_is_a_clear_error(monkeyp
     assert cli.main(["run", "--media", "unused.mp4", "--no-display"]) == 2
     err = capsys.readouterr().err
     assert "no_such_model.safetensors) is not installed" in err and "--model FILE.safetensors" in err
+
+
+def test_info_says_which_backends_run_here_and_why_not(capsys):
+    import json
+
+    import torch
+
+    from streamloc.backends import BACKENDS
+
+    assert cli.main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["backends"]) == set(BACKENDS) and info["backends"]["eager"] == "available"
+    assert info["cuda"] == torch.cuda.is_available() and len(info["cuda_devices"]) == torch.cuda.device_count()
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in info["backends"]["tensorrt"]
+    assert info["bundled_model"] == BUNDLED_MODEL
