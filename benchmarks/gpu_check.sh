@@ -66,6 +66,7 @@ for name in ("numba", "numpy", "cv2", "soxr", "onnxruntime", "triton", "torch_te
     except Exception as exc:  # noqa: BLE001
         print(name, "missing:", type(exc).__name__, exc)
 EOF
+  "$PY" -m streamloc info  # each backend's availability, or why not
 } 2>&1 | tee "$OUT/environment.txt"
 
 # 1. The GPU tests (equivalence of each backend with eager fp32 on CUDA, GPU preprocessing, one
