@@ -47,7 +47,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     .whl/*.whl || exit 1
   export PYTHONPATH="$PYTHONPATH:/tmp/streamloc-site"
 fi
-# Inductor's kernel cache, kept with the results' folder so that a second run on a warm machine reuses it.
+# Inductor's kernel cache outside the work tree, so that a second run on a still-warm machine reuses it.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/streamloc-inductor}
 
 status=0
