@@ -74,7 +74,8 @@ EOF
 #    default max-autotune mode) is left to step 2, which builds that backend for the full model and
 #    records its difference from eager fp32 (`equivalence_max_abs_vs_eager`).
 timeout 170 "$PY" -m pytest -q -rs -m "gpu and not slow" -p no:cacheprovider \
-  tests/streamloc/backends/test_backends.py tests/streamloc/test_multistream.py tests/streamloc/test_features.py \
+  tests/streamloc/backends/test_backends.py tests/streamloc/backends/test_export.py \
+  tests/streamloc/test_multistream.py tests/streamloc/test_features.py \
   2>&1 | tee "$OUT/gpu_tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
