@@ -759,8 +759,7 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
     report = json.loads((report_dir / "report.json").read_text())
     defaults = asdict(RecipeConfig())
 
-    def overrides(method: str) -> str:  # the --set options that reproduce a method's config
-        config = read_metadata(work / method / "model.safetensors")["provenance"]["config"]
+    def overrides(config: dict) -> str:  # the --set options that reproduce a training config
         return "".join(f" --set '{k}={json.dumps(v)}'" for k, v in config.items() if defaults.get(k) != v)
 
     lines = [
@@ -773,9 +772,9 @@ def ship(work: Path, report_dir: Path, assets: Path) -> dict:
         "streamloc dataset fetch",
         "python -m training.recipes.avpairs_demo prepare  --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method noprior --threads 2"
-        + overrides("noprior"),
+        + overrides(meta["provenance"]["config"]),
         "python -m training.recipes.avpairs_demo train    --work runs/avpairs-demo --method ezvsl --threads 2"
-        + overrides("ezvsl"),
+        + overrides(read_metadata(work / "ezvsl" / "model.safetensors")["provenance"]["config"]),
         "python -m training.recipes.avpairs_demo tune-ioi --work runs/avpairs-demo",
         "python -m training.recipes.avpairs_demo evaluate --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
         "python -m training.recipes.avpairs_demo ship     --work runs/avpairs-demo --out benchmarks/results/avpairs_demo",
